@@ -164,6 +164,17 @@ class TrainConfig(Section):
         [1.0], description="Fractions of the run at which a checkpoint artifact is kept."
     )
     lora: LoraConfig = LoraConfig()
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Also keep a checkpoint artifact every N optimiser steps."
+    )
+    normalisation: Literal["sequence_mean", "token_mean"] = Field(
+        "token_mean",
+        description="Loss denominator of sft/weighted_mle: sequences in the global batch, or their "
+        "completion tokens (w2s/training/objectives.py). DPO always averages over pairs.",
+    )
+    append_eos: bool = Field(
+        True, description="Train on EOS after each completion (not after rows with finish_reason 'length')."
+    )
 
     @model_validator(mode="after")
     def _micro_divides(self) -> TrainConfig:
@@ -240,6 +251,10 @@ class TrainingEngineConfig(Section):
     deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default deepspeed/zero<stage>.json.")
     world_size: PositiveInt = 1
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    resume_every_steps: PositiveInt = Field(
+        50, description="Save a DeepSpeed checkpoint (weights, optimiser, RNG) for resume every N steps."
+    )
+    log_every_steps: PositiveInt = Field(1, description="Log metrics to MLflow every N optimiser steps.")
 
 
 class EnginesConfig(Section):

@@ -1,0 +1,74 @@
+"""Prefect caching across processes (real embedded server) and the MLflow run tree (real sqlite)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(root, marker, *overrides):
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.two_stage_flow", str(root), str(marker), *overrides],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _bodies(marker):
+    return marker.read_text().split() if marker.exists() else []
+
+
+def test_second_run_in_a_new_process_executes_no_stage_body(tmp_path):
+    root, marker = tmp_path / "art", tmp_path / "marker"
+    first = _run(root, marker)
+    assert _bodies(marker) == ["rows", "scaled"]
+    assert [r["cache"] for r in first["rows"]] == ["miss", "miss"]
+
+    second = _run(root, marker)
+    assert _bodies(marker) == ["rows", "scaled"], "no stage body may run on the second run"
+    assert [r["cache"] for r in second["rows"]] == ["hit", "hit"]
+    assert [r["uri"] for r in second["rows"]] == [r["uri"] for r in first["rows"]]
+
+    # changing what only the second stage reads reruns only the second stage
+    _run(root, marker, "--set", "weights.beta_over_lambda=2")
+    assert _bodies(marker) == ["rows", "scaled", "scaled"]
+
+    # a corrupted artifact behind a Prefect cache record is recomputed, not returned
+    shard = next((root / "rows").glob("*/rows.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-5])
+    _run(root, marker)
+    assert _bodies(marker) == ["rows", "scaled", "scaled", "rows"]
+    assert _run(root, marker)["rows"][0]["cache"] == "hit"
+
+
+def test_mlflow_run_tree_reads_back(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root, marker = tmp_path / "art", tmp_path / "marker"
+    first = _run(root, marker)
+    second = _run(root, marker)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    experiment = client.get_experiment_by_name("two-stage")
+    assert experiment.artifact_location == (root / "mlflow-artifacts").as_uri()
+    for flow_result, cache in ((first, "miss"), (second, "hit")):
+        parent = client.get_run(flow_result["parent"])
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["prefect.flow_run_id"] == flow_result["flow_run"]
+        children = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{flow_result['parent']}'"
+        )
+        by_stage = {run.data.tags["w2s.stage"]: run for run in children}
+        assert set(by_stage) == {"rows", "scaled"}
+        for run in by_stage.values():
+            assert run.data.tags["w2s.cache"] == cache and run.info.status == "FINISHED"
+            assert run.data.tags["prefect.flow_run_id"] == flow_result["flow_run"]
+        scaled = by_stage["scaled"]
+        assert scaled.data.params["beta_over_lambda"] == "1.0" and scaled.data.params["stage_version"] == "1"
+        assert scaled.data.metrics["sum"] == sum(range(128))
+    miss_run = client.search_runs([experiment.experiment_id], filter_string="tags.`w2s.cache` = 'miss' and tags.`w2s.stage` = 'scaled'")[0]
+    artifacts = [a.path for a in client.list_artifacts(miss_run.info.run_id)]
+    assert "manifest.json" in artifacts

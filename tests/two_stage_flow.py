@@ -1,0 +1,74 @@
+"""A two-stage flow on the real orchestration layer, run by tests in fresh processes.
+
+    python -m tests.two_stage_flow ROOT MARKER [--set data.seed=1]
+
+Each stage body appends its name to MARKER, so the test sees exactly which bodies executed.
+Prints one JSON line: the stage rows and the MLflow parent run id.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import pyarrow as pa
+from prefect import flow
+
+from w2s.artifacts import ArtifactRef
+from w2s.config import DataConfig, WeightsConfig
+from w2s.orchestration import StageTask, pipeline_run
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tracking import RunContext
+
+MARKER = None
+
+
+def _mark(name: str) -> None:
+    with open(MARKER, "a") as handle:
+        handle.write(name + "\n")
+
+
+def make_rows(ctx: RunContext, cfg: DataConfig) -> ArtifactRef:
+    def body(writer, run):
+        _mark("rows")
+        writer.write_parquet("rows.parquet", pa.table({"x": list(range(cfg.n_student))}))
+        return StageOutput({"rows": cfg.n_student})
+
+    return execute(ctx, Stage("rows", 1), cfg, {}, body)
+
+
+def scale_rows(ctx: RunContext, cfg: WeightsConfig, rows: ArtifactRef) -> ArtifactRef:
+    def body(writer, run):
+        import pyarrow.parquet as pq
+
+        _mark("scaled")
+        table = pq.read_table(rows.local_dir() / "rows.parquet")
+        scaled = [v * cfg.beta_over_lambda for v in table.column("x").to_pylist()]
+        writer.write_parquet("scaled.parquet", pa.table({"y": scaled}))
+        run.log_metrics({"sum": sum(scaled)})
+        return StageOutput({"sum": sum(scaled)})
+
+    return execute(ctx, Stage("scaled", 1), cfg, {"rows": rows}, body)
+
+
+rows_task = StageTask(Stage("rows", 1), make_rows)
+scaled_task = StageTask(Stage("scaled", 1), scale_rows)
+
+
+@flow(name="two-stage")
+def two_stage(root: str, data: DataConfig = DataConfig(), weights: WeightsConfig = WeightsConfig()):
+    ctx = RunContext(artifact_root=root, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="two-stage")
+    with pipeline_run(ctx, "two-stage", {"root": root}, until=None) as run:
+        rows = rows_task(run.ctx, data)
+        scaled_task(run.ctx, weights, rows=rows)
+    return run
+
+
+if __name__ == "__main__":
+    from w2s.config_io import load_config
+
+    root, MARKER = sys.argv[1], sys.argv[2]
+    cfg = load_config(None, [a for a in sys.argv[3:] if a != "--set"])
+    state = two_stage(root, cfg.data, cfg.weights)
+    print(json.dumps({"rows": [asdict(r) for r in state.rows], "parent": state.ctx.parent_run_id, "flow_run": state.ctx.flow_run_id}))

@@ -1,0 +1,68 @@
+"""Several GPUs: `train` re-runs itself under the `deepspeed` launcher (one process per GPU).
+
+The parent writes the call as JSON (configs, paths, the MLflow run id), runs
+`deepspeed --num_gpus N --master_port P --module w2s.training.launcher <spec>` and waits; each
+rank calls `train` with LOCAL_RANK set by the launcher, and rank 0 writes `train_result.json`,
+which the parent returns. A Table given as ref_logps is written to Parquet for the children.
+Not exercised by the CPU test suite (one process there).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
+
+_CONFIGS = {"TrainConfig": TrainConfig, "DPOConfig": DPOConfig, "StudentConfig": StudentConfig}
+
+
+def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed):
+    from w2s.training.engine import _free_port
+    from w2s.training.trainer import TrainResult
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if ref_logps is not None and not isinstance(ref_logps, (str, Path)):
+        import pyarrow.parquet as pq
+
+        pq.write_table(ref_logps, out / "ref_logps.input.parquet")
+        ref_logps = out / "ref_logps.input.parquet"
+    spec = {
+        "config_class": type(cfg).__name__, "config": json.loads(cfg.model_dump_json()),
+        "engine": json.loads(engine.model_dump_json()), "objective": objective, "model_dir": str(model_dir),
+        "data_files": [str(f) for f in data_files], "out_dir": str(out), "seed": seed,
+        "ref_logps": str(ref_logps) if ref_logps else None, "resume_dir": str(resume_dir) if resume_dir else None,
+        "mlflow": [run.client.tracking_uri, run.run_id] if run is not None else None,
+    }
+    spec_path = out / "launch_spec.json"
+    spec_path.write_text(json.dumps(spec))
+    command = ["deepspeed", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
+               "--module", "w2s.training.launcher", str(spec_path)]
+    completed = subprocess.run(command)
+    if completed.returncode != 0:
+        raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
+    spec_path.unlink(missing_ok=True)
+    return TrainResult.from_json(json.loads((out / "train_result.json").read_text()))
+
+
+def main(spec_path: str) -> None:
+    from w2s.training.trainer import train
+
+    spec = json.loads(Path(spec_path).read_text())
+    run = None
+    if spec["mlflow"]:
+        from mlflow.tracking import MlflowClient
+
+        from w2s.tracking import StageRun
+
+        run = StageRun(MlflowClient(tracking_uri=spec["mlflow"][0]), spec["mlflow"][1])
+    train(_CONFIGS[spec["config_class"]](**spec["config"]), TrainingEngineConfig(**spec["engine"]), spec["objective"],
+          spec["model_dir"], spec["data_files"], spec["out_dir"], run=run, ref_logps=spec["ref_logps"],
+          resume_dir=spec["resume_dir"], seed=spec["seed"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
