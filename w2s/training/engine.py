@@ -89,7 +89,15 @@ def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: 
     bf16 = precision(engine_cfg) == "bf16"
     ds["bf16"] = {"enabled": bf16}
     ds["fp16"] = {"enabled": False}
+    if trainer_clips(ds):
+        # DeepSpeed clips plain fp32 ZeRO-0 gradients but drops the norm it computed; the trainer
+        # clips instead (same torch call, same cost) so grad_norm can be logged
+        ds["gradient_clipping"] = 0.0
     return ds
+
+
+def trainer_clips(ds: dict) -> bool:
+    return ds["zero_optimization"].get("stage", 0) == 0 and not ds["bf16"]["enabled"]
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int):

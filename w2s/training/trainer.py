@@ -190,6 +190,9 @@ def _loop(ds_engine, data, weights, ref, cfg, engine_cfg, objective, tokenizer, 
     history: list[dict[str, float]] = []
     bar = tqdm(total=total, initial=start, desc=f"train {objective}", unit="step",
                disable=not progress or eng.rank() != 0, dynamic_ncols=True)
+    own_clip = eng.trainer_clips(ds_engine.config)  # the dict deepspeed_config built
+    trainable = [p for p in ds_engine.module.parameters() if p.requires_grad]
+    grad_norm = None
     ds_engine.train()
     for step in range(start, total):
         started = time.perf_counter()
@@ -215,13 +218,16 @@ def _loop(ds_engine, data, weights, ref, cfg, engine_cfg, objective, tokenizer, 
                 w = torch.tensor([weights[i] for i in micro], dtype=torch.float32)
                 loss = weighted_nll(logps, w, denominator)
             ds_engine.backward(loss, scale_wrt_gas=False)
+            if own_clip and m + cfg.micro_batch_size >= len(local):  # boundary: grads are reduced
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             ds_engine.step()
             sums["loss"] += loss.item()
             sums["tokens"] += float(batch["attention_mask"].sum())
         elapsed = time.perf_counter() - started
         tokens_per_s = sums.pop("tokens") / elapsed
         metrics = _reduce(sums)
-        grad_norm = ds_engine.get_global_grad_norm()
+        if not own_clip:
+            grad_norm = ds_engine.get_global_grad_norm()
         metrics.update(lr=lr, tokens_per_s=tokens_per_s * eng.world_size(), epoch=(step + 1) * cfg.batch_size / len(data))
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
