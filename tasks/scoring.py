@@ -1,0 +1,90 @@
+"""Stage `scoring` (EVE stage 4): log π_weak(y|x) and log π_weak_ref(y|x) of every sampled row.
+
+Adds `logp_weak, logp_weak_ref, n_tokens_weak, truncated` to the sample shards (w2s/scoring.py has
+the boundary, truncation and KV-reuse rules). Resumes shard by shard after a kill.
+
+    w2s run --config pipeline_config.yaml --until scoring
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.config import ScoringConfig
+from w2s.models.build import load_pretrained
+from w2s.orchestration import StageTask
+from w2s.scoring import length_buckets, score_batch, tokenise_group
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tables import model_dir, shard_paths
+from w2s.tracking import RunContext
+
+STAGE = Stage("scoring", version=1)
+log = logging.getLogger(__name__)
+
+
+def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, max_length: int, progress=None) -> pa.Table:
+    prompt_ids = table.column("prompt_id").to_pylist()
+    groups_rows: dict[str, list[int]] = {}
+    for row, pid in enumerate(prompt_ids):
+        groups_rows.setdefault(pid, []).append(row)
+    prompts, completions = table.column("prompt").to_pylist(), table.column("completion").to_pylist()
+    keys = list(groups_rows)
+    groups = [tokenise_group(tokenizer, prompts[groups_rows[k][0]], [completions[r] for r in groups_rows[k]], max_length) for k in keys]
+    n = table.num_rows
+    logp = [[0.0] * n for _ in models]
+    n_tokens, truncated = [0] * n, [False] * n
+    for batch in length_buckets(groups, cfg.batch_tokens):
+        scores = score_batch(models, [groups[i] for i in batch], tokenizer.pad_token_id)
+        for slot, gi in enumerate(batch):
+            rows = groups_rows[keys[gi]]
+            for j, row in enumerate(rows):
+                for m in range(len(models)):
+                    logp[m][row] = scores[m][slot][j]
+                n_tokens[row] = len(groups[gi].completion_ids[j])
+                truncated[row] = groups[gi].truncated[j]
+            if progress is not None:
+                progress.update(len(rows))
+    return (table.append_column("logp_weak", pa.array(logp[0], pa.float64()))
+            .append_column("logp_weak_ref", pa.array(logp[1], pa.float64()))
+            .append_column("n_tokens_weak", pa.array(n_tokens, pa.int32()))
+            .append_column("truncated", pa.array(truncated, pa.bool_())))
+
+
+def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        torch.set_grad_enabled(False)
+        weak_model, tokenizer = load_pretrained(model_dir(weak, store))
+        ref_model, _ = load_pretrained(model_dir(weak_ref, store))
+        models = [weak_model.eval(), ref_model.eval()]
+        max_length = cfg.max_length or weak_model.config.max_position_embeddings
+        shards = shard_paths(samples, store)
+        total = sum(pq.ParquetFile(path).metadata.num_rows for _, path in shards)
+        started, rows, n_trunc = time.perf_counter(), 0, 0
+        with tqdm(total=total, desc="scoring", unit="row") as progress:
+            for rel, path in shards:
+                if writer.has(rel):  # finished before an interruption: atomic, so whole
+                    done = pq.read_table(writer.path(rel), columns=["truncated"])
+                    progress.update(done.num_rows)
+                    n_trunc += sum(done.column("truncated").to_pylist())
+                    continue
+                scored = score_table(pq.read_table(path), models, tokenizer, cfg, max_length, progress)
+                writer.write_parquet(rel, scored)
+                rows += scored.num_rows
+                n_trunc += sum(scored.column("truncated").to_pylist())
+        if n_trunc:
+            log.warning("scoring: %d of %d rows truncated to the weak model's context (%d tokens)", n_trunc, total, max_length)
+        wall = time.perf_counter() - started
+        return StageOutput({"rows": total, "rows_scored_now": rows, "truncated_rows": n_trunc, "rows_per_s": rows / max(wall, 1e-9)})
+
+    return execute(ctx, STAGE, cfg, {"samples": samples, "weak": weak, "weak_ref": weak_ref}, body)
+
+
+scoring_task = StageTask(STAGE, scoring)
