@@ -106,8 +106,11 @@ def score_batch(models: list, groups: list[ScoredGroup], pad_id: int, device: st
     positions = prompt_len[owner, None] + torch.arange(lc)[None, :]
     results = []
     for model in models:
-        out = model(input_ids=prompt.to(device), attention_mask=prompt_mask.to(device), use_cache=True)
-        last_logits = out.logits[torch.arange(n_prompts), prompt_len - 1]  # predicts completion token 0
+        # Only each prompt's last position feeds a score: skip the LM head everywhere else.
+        keep, slot = torch.unique(prompt_len - 1, return_inverse=True)
+        out = model(input_ids=prompt.to(device), attention_mask=prompt_mask.to(device), use_cache=True,
+                    logits_to_keep=keep.to(device))
+        last_logits = out.logits[torch.arange(n_prompts), slot.to(device)]  # predicts completion token 0
         cache = out.past_key_values
         cache.reorder_cache(owner.to(device))  # row r reuses its prompt's KV: index-select, no recompute
         attention = torch.cat([prompt_mask[owner], completion_mask], dim=1).to(device)

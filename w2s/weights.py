@@ -90,7 +90,8 @@ class ShardWeighter:
             raise WeightsInputError(f"weights.beta_over_lambda must be > 0, got {beta_over_lambda}")
         self.beta_over_lambda = beta_over_lambda
         self.stats = WeightStats()
-        self._seen: list[tuple[str, np.ndarray]] = []  # (shard, sorted prompt-id hashes)
+        self._seen_hashes = np.zeros(0, dtype=np.int64)  # sorted hashes of every prompt_id so far
+        self._per_shard: list[tuple[str, np.ndarray]] = []
 
     def process(self, table: pa.Table, shard: str) -> tuple[pa.Table, pa.Table]:
         """(weights table = input + log_ratio + weight, per-prompt diagnostics table)."""
@@ -121,13 +122,18 @@ class ShardWeighter:
 
     def _check_not_split(self, names: list[str], shard: str) -> None:
         hashes = np.sort(np.fromiter((hash(n) for n in names), dtype=np.int64, count=len(names)))
-        for earlier_shard, earlier in self._seen:
-            clash = np.isin(hashes, earlier, assume_unique=True)
+        seen = self._seen_hashes
+        if len(seen):
+            at = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
+            clash = seen[at] == hashes
             if clash.any():
                 wanted = hashes[np.flatnonzero(clash)[0]]
                 name = next(n for n in names if hash(n) == wanted)
-                raise WeightsInputError(f"{shard}: rows of prompt_id {name!r} are split across shards (also in {earlier_shard})")
-        self._seen.append((shard, hashes))
+                owner = next(name for name, held in self._per_shard if held[min(np.searchsorted(held, wanted), len(held) - 1)] == wanted)
+                raise WeightsInputError(f"{shard}: rows of prompt_id {name!r} are split across shards (also in {owner})")
+        # merging two sorted runs: mergesort is linear here, so the check stays O(rows) overall
+        self._seen_hashes = np.sort(np.concatenate([seen, hashes]), kind="mergesort")
+        self._per_shard.append((shard, hashes))  # only to name the other shard in an error
 
     def _diagnose(self, weights: np.ndarray, codes: np.ndarray, sizes: np.ndarray, names: list[str]) -> pa.Table:
         n_groups = len(names)
