@@ -38,5 +38,5 @@ def weak_base(ctx: RunContext, cfg: ModelSpec) -> ArtifactRef:
     return _materialise(WEAK, ctx, cfg)
 
 
-strong_base_task = StageTask(STRONG, strong_base)
-weak_base_task = StageTask(WEAK, weak_base)
+strong_base_task = StageTask(STRONG, strong_base, select=lambda config: config.models.strong)
+weak_base_task = StageTask(WEAK, weak_base, select=lambda config: config.models.weak)

@@ -28,4 +28,4 @@ def prepare_data(ctx: RunContext, cfg: DataConfig) -> ArtifactRef:
     return execute(ctx, STAGE, cfg, {}, body)
 
 
-data_task = StageTask(STAGE, prepare_data)
+data_task = StageTask(STAGE, prepare_data, select=lambda config: config.data)

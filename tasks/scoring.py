@@ -87,4 +87,4 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
     return execute(ctx, STAGE, cfg, {"samples": samples, "weak": weak, "weak_ref": weak_ref}, body)
 
 
-scoring_task = StageTask(STAGE, scoring)
+scoring_task = StageTask(STAGE, scoring, select=lambda config: config.scoring)

@@ -36,4 +36,4 @@ def weights(ctx: RunContext, cfg: WeightsConfig, scores: ArtifactRef) -> Artifac
     return execute(ctx, STAGE, cfg, {"scores": scores}, body)
 
 
-weights_task = StageTask(STAGE, weights)
+weights_task = StageTask(STAGE, weights, select=lambda config: config.weights)

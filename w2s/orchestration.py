@@ -82,12 +82,15 @@ _pipeline: contextvars.ContextVar[PipelineState | None] = contextvars.ContextVar
 class StageTask:
     """A stage's pure function as a Prefect task, called from a flow like the function itself."""
 
-    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef], retries: int = 0):
-        self.stage, self.fn = stage, fn
+    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef], select: Callable[[Any], Any] | None = None, retries: int = 0):
+        """`select` picks the stage's config slice from the whole PipelineConfig, so flows pass the
+        whole config and each stage (and its cache key, and its Prefect inputs) sees only its slice."""
+        self.stage, self.fn, self.select = stage, fn, select
         self.task = task(name=stage.name, persist_result=True, result_serializer="json", retries=retries)(fn)
 
-    def __call__(self, ctx: RunContext, cfg, **inputs: ArtifactRef) -> ArtifactRef:
+    def __call__(self, ctx: RunContext, config, **inputs: ArtifactRef) -> ArtifactRef:
         started = time.perf_counter()
+        cfg = self.select(config) if self.select is not None else config
         configured = self.task.with_options(
             cache_policy=ArtifactCachePolicy(stage=self.stage, artifact_root=ctx.artifact_root),
             result_storage=prefect_records_dir(ctx.artifact_root),

@@ -1,0 +1,45 @@
+"""What every training stage shares: its config slice and the call into the training engine.
+
+A training stage writes into its artifact folder: `model/` (final HF folder), `checkpoints/step-*/`
+(the fractions in `checkpoint_fractions`), `train_result.json` and, while running, `.resume/`
+(DeepSpeed state, removed at the end), so rerunning a killed stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from w2s.artifacts import StageWriter
+from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
+from w2s.stage import StageOutput
+from w2s.tracking import StageRun
+
+
+class TrainingSlice(BaseModel):
+    """The config a training stage reads: its own section, the engine, the seed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    train: StudentConfig | DPOConfig | TrainConfig
+    engine: TrainingEngineConfig
+    seed: int
+
+
+def training_slice(section: TrainConfig, config) -> TrainingSlice:
+    return TrainingSlice(train=section, engine=config.engines.training, seed=config.run.seed)
+
+
+def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objective: str, base_model: Path,
+                 data_files: Sequence[Path]) -> StageOutput:
+    from w2s.training import train
+
+    result = train(cfg.train, cfg.engine, objective, base_model, [str(p) for p in data_files], writer.dir,
+                   run=run, seed=cfg.seed)
+    checkpoints = [{"step": c.step, "fraction": c.fraction, "path": _relative(c.path, writer.dir)} for c in result.checkpoints]
+    return StageOutput(result.metrics, {"objective": objective, "steps": result.steps, "checkpoints": checkpoints})
+
+
+def _relative(path: str, root: Path) -> str:
+    return str(Path(path).relative_to(root)) if Path(path).is_absolute() else path
