@@ -13,6 +13,7 @@ from prefect import flow
 from tasks.base_models import strong_base_task as strong_base
 from tasks.base_models import weak_base_task as weak_base
 from tasks.data import data_task as prepare_data
+from tasks.weak_demos import weak_demos_task as weak_demos
 from tasks.weak_dpo import weak_dpo_task as weak_dpo
 from tasks.weak_sft import weak_sft_task as weak_sft
 from w2s.config import PipelineConfig
@@ -27,4 +28,5 @@ def eve(config: PipelineConfig = PipelineConfig(), until: str | None = None) -> 
         weak = weak_base(run.ctx, config)
         weak_ref_model = weak_sft(run.ctx, config, data=data, base=weak)
         weak_model = weak_dpo(run.ctx, config, data=data, weak_ref=weak_ref_model)
+        demos = weak_demos(run.ctx, config, data=data, weak=weak_model, weak_ref=weak_ref_model)
     return run

