@@ -1,0 +1,33 @@
+"""Stage `student` (EVE stage 6, paper §4.3): π_ref_strong trained with weighted MLE on its own
+samples, maximising Σ_i F_i · log π_θ(y_i|x) (sequence log-prob = sum over completion tokens; the
+batch normalisation is `student.normalisation`, see w2s/training/objectives.py). Intermediate
+checkpoints at `student.checkpoint_fractions` (default 10/25/50/100 % of the run) stay in the
+artifact for the PGR-over-training curve. A killed run resumes from its last DeepSpeed checkpoint.
+
+    w2s run --config pipeline_config.yaml --until student
+"""
+
+from __future__ import annotations
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.orchestration import StageTask
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tables import model_dir, shard_paths
+from w2s.tracking import RunContext
+from w2s.train_stage import TrainingSlice, run_training, training_slice
+
+STAGE = Stage("student", version=1)
+
+
+def student(ctx: RunContext, cfg: TrainingSlice, weights: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        shards = [path for _, path in shard_paths(weights, store)]
+        if not shards:
+            raise ValueError(f"the weights artifact {weights.uri} has no shards")
+        return run_training(writer, run, cfg, "weighted_mle", model_dir(strong, store), shards)
+
+    return execute(ctx, STAGE, cfg, {"weights": weights, "strong": strong}, body)
+
+
+student_task = StageTask(STAGE, student, select=lambda config: training_slice(config.student, config))
