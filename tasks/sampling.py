@@ -178,4 +178,4 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
     return StageOutput(metrics, info)
 
 
-sampling_task = StageTask(STAGE, sampling)
+sampling_task = StageTask(STAGE, sampling, select=SamplingStageConfig.from_pipeline)
