@@ -65,6 +65,8 @@ def precision(engine_cfg: TrainingEngineConfig) -> str:
 
 def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: int) -> dict:
     path = Path(engine_cfg.deepspeed_config) if engine_cfg.deepspeed_config else REPO_CONFIGS / f"zero{engine_cfg.zero_stage}.json"
+    if not path.exists() and not path.is_absolute():
+        path = REPO_CONFIGS.parents[1] / path  # relative to the repository, wherever we run from
     if not path.exists():
         raise FileNotFoundError(f"DeepSpeed config {path} not found")
     ds = json.loads(path.read_text())
@@ -156,6 +158,10 @@ def initialize(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig, total_
         model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
     )
+    if world_size() == 1 and engine.zero_optimization_stage() == 0:
+        # one process has nothing to reduce, yet DeepSpeed would flatten every gradient into
+        # buckets, "all-reduce" them with itself and copy them back each step (~10 % on CPU)
+        engine.enable_backward_allreduce = False
     return engine, ds
 
 

@@ -35,6 +35,9 @@ from w2s.training.reference import REF_FILE, reference_logps, resolve_ref_logps,
 
 @dataclass
 class Checkpoint:
+    """An HF model folder at `path`, relative to out_dir (so train_result.json stays valid when
+    the artifact is copied elsewhere); the last one is the final model itself."""
+
     step: int
     fraction: float
     path: str
@@ -163,8 +166,7 @@ def train(
                     ckpt_steps, seed, out_dir, resume_path, model_dir, meta, run, on_step, progress)
 
     eng.export_hf(ds_engine, tokenizer, out_dir / "model", cfg, model_dir)
-    checkpoints = [Checkpoint(s, s / total, str(out_dir / ("model" if s == total else f"checkpoints/step-{s:07d}")))
-                   for s in ckpt_steps]
+    checkpoints = [Checkpoint(s, s / total, "model" if s == total else f"checkpoints/step-{s:07d}") for s in ckpt_steps]
     summary = {f"final_{k}": v for k, v in (history[-1] if history else {}).items()}
     summary.update({f"data_{k}": v for k, v in data.stats.items()})
     if history:
@@ -224,11 +226,12 @@ def _loop(ds_engine, data, weights, ref, cfg, engine_cfg, objective, tokenizer, 
             sums["loss"] += loss.item()
             sums["tokens"] += float(batch["attention_mask"].sum())
         elapsed = time.perf_counter() - started
-        tokens_per_s = sums.pop("tokens") / elapsed
+        tokens = sums.pop("tokens")
         metrics = _reduce(sums)
         if not own_clip:
             grad_norm = ds_engine.get_global_grad_norm()
-        metrics.update(lr=lr, tokens_per_s=tokens_per_s * eng.world_size(), epoch=(step + 1) * cfg.batch_size / len(data))
+        metrics.update(lr=lr, tokens=tokens * eng.world_size(), step_s=elapsed,
+                       tokens_per_s=tokens * eng.world_size() / elapsed, epoch=(step + 1) * cfg.batch_size / len(data))
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         history.append(metrics)
