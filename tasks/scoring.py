@@ -13,7 +13,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from tqdm.auto import tqdm
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
@@ -60,7 +59,6 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
 def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
         store = ArtifactStore(ctx.artifact_root)
-        torch.set_grad_enabled(False)
         weak_model, tokenizer = load_pretrained(model_dir(weak, store))
         ref_model, _ = load_pretrained(model_dir(weak_ref, store))
         models = [weak_model.eval(), ref_model.eval()]

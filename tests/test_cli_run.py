@@ -1,4 +1,5 @@
-"""`w2s run` end to end on the smoke profile, in fresh processes: rerun resumes from the cache."""
+"""`w2s run` end to end (every EVE stage) on the smoke profile, in fresh processes: a rerun reuses
+every stage, `--until` stops early, nothing lands in ./mlruns."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def test_run_twice_second_is_fully_cached(tmp_path):
     assert "data" in first.stdout and " miss " in first.stdout
     second = _w2s("run", "--config", str(config), cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    table = [line for line in second.stdout.splitlines() if line.split()[:1] and line.split()[0] in {"data", "strong_base", "weak_base"}]
-    assert len(table) == 3 and all(line.split()[1] == "hit" for line in table), second.stdout
+    from flows.stages import STAGES
+
+    table = [line for line in second.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES]
+    assert len(table) == len(STAGES) and all(line.split()[1] == "hit" for line in table), second.stdout
     until = _w2s("run", "--config", str(config), "--until", "data", cwd=tmp_path)
     assert until.returncode == 0 and "strong_base" not in until.stdout.split("total")[0]
     assert not (tmp_path / "mlruns").exists()
