@@ -195,17 +195,25 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
 
 # --------------------------------------------------------------------------------------- batching
 def collate(seqs: Sequence[Tokenised], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels with prompt and padding set to -100."""
+    """Left-padded ids, attention mask, position ids, and labels with prompt and padding at -100.
+
+    Left padding puts every completion at the right edge, so the LM head only has to run on the
+    last (longest completion + 1) positions (`sequence_logps`); explicit position ids keep each row's
+    positions 0..n-1 exactly as without padding.
+    """
     width = max(len(s.ids) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    positions = torch.zeros((len(seqs), width), dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids = torch.tensor(s.ids, dtype=torch.long)
-        input_ids[i, : len(ids)] = ids
-        attention[i, : len(ids)] = 1
-        labels[i, s.n_prompt : len(ids)] = ids[s.n_prompt :]
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        start = width - len(ids)
+        input_ids[i, start:] = ids
+        attention[i, start:] = 1
+        positions[i, start:] = torch.arange(len(ids))
+        labels[i, start + s.n_prompt :] = ids[s.n_prompt :]
+    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions, "labels": labels}
 
 
 def example_sequences(data: TrainData, indices: Sequence[int]) -> list[Tokenised]:

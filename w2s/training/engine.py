@@ -83,9 +83,10 @@ def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: 
         gradient_clipping=cfg.grad_clip,
         optimizer={
             "type": "AdamW",
-            # torch's AdamW: no JIT build on CPU; on GPU its foreach kernels are close to FusedAdam
+            # torch's AdamW: no JIT build on CPU; on GPU its foreach kernels are close to FusedAdam.
+            # foreach is torch's default on GPU only; on CPU it makes the step ~2x faster too
             "params": {"lr": cfg.learning_rate, "betas": [0.9, 0.999], "eps": 1e-8,
-                       "weight_decay": cfg.weight_decay, "torch_adam": True},
+                       "weight_decay": cfg.weight_decay, "torch_adam": True, "foreach": True},
         },
     )
     bf16 = precision(engine_cfg) == "bf16"
