@@ -82,8 +82,9 @@ def test_labels_cover_exactly_the_completion_and_eos(tmp_path, tok):
     expected0 = tok.convert_tokens_to_ids(list("xyz")) + [eos]
     assert batch["labels"][0].tolist() == [IGNORE] * 2 + expected0
     # finish_reason 'length': the completion was cut, so it must not learn to stop there
-    assert batch["labels"][1].tolist() == [IGNORE] * 4 + tok.convert_tokens_to_ids(["w"]) + [IGNORE]
-    assert batch["attention_mask"][1].tolist() == [1] * 5 + [0]
+    assert batch["labels"][1].tolist() == [IGNORE] * 5 + tok.convert_tokens_to_ids(["w"])  # left-padded
+    assert batch["attention_mask"][1].tolist() == [0] + [1] * 5
+    assert batch["position_ids"][1].tolist() == [0, 0, 1, 2, 3, 4]
     no_eos = _load(path, tok, append_eos=False)
     assert no_eos.sequences[0].n_completion == 3
 
