@@ -118,10 +118,12 @@ def sampling(
         if engine is not None and (Path(engine.model_dir).resolve() != folder.resolve() or engine.backend != cfg.engine.backend):
             raise ValueError(f"the engine passed in runs {engine.backend} on {engine.model_dir}, the stage needs {cfg.engine.backend} on {folder}")
         try:
-            return _sample_shards(writer, run, eng, requests, params, plain, fewshot, demos)
+            output = _sample_shards(writer, run, eng, requests, params, plain, fewshot, demos)
         finally:
+            closing = time.perf_counter()
             if engine is None:
-                eng.close()
+                eng.close()  # waits for vLLM's processes to exit: the next stage gets the memory
+        return StageOutput({**output.metrics, "engine_close_s": time.perf_counter() - closing}, output.info)
 
     return execute(ctx, STAGE, cfg, {"exemplars": exemplars, "data": data, "strong": strong}, body)
 

@@ -52,6 +52,28 @@ class Generation:
         return found
 
 
+class _FastCounter:
+    """`tokenizer(texts, add_special_tokens=True)["input_ids"]` straight from tokenizer.json: the
+    checks need token counts only, and importing transformers' tokenizer stack costs seconds."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}
+
+
+def load_counting_tokenizer(model_dir: str):
+    path = Path(model_dir) / "tokenizer.json"
+    if path.exists():
+        return _FastCounter(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
 @dataclass
 class Engine:
     """A lazily started backend: the model loads (or vLLM's process spawns) on the first generate."""
@@ -71,9 +93,7 @@ class Engine:
 
     @cached_property
     def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.model_dir, trust_remote_code=False)
+        return load_counting_tokenizer(self.model_dir)
 
     @property
     def started(self) -> bool:
