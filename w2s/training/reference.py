@@ -31,7 +31,7 @@ def reference_logps(model, data: TrainData, micro_batch_size: int, device) -> tu
     model.eval()
     chosen, rejected = [], []
     order = sorted(range(len(data)), key=lambda i: len(data.pair(i)[0].ids) + len(data.pair(i)[1].ids))
-    # pad id 0: right padding is never attended to by real tokens and is masked out of the labels
+    # pad id 0: padding is masked out of attention and labels, so its id does not matter
     for start in range(0, len(order), micro_batch_size):
         idx = order[start : start + micro_batch_size]
         batch = {k: v.to(device) for k, v in collate(example_sequences(data, idx), 0).items()}
