@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
@@ -24,7 +25,7 @@ from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 
-STAGE = Stage("scoring", version=1)
+STAGE = Stage("scoring", version=2)  # 2: EOS scored for completions that stopped
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +35,10 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
     for row, pid in enumerate(prompt_ids):
         groups_rows.setdefault(pid, []).append(row)
     prompts, completions = table.column("prompt").to_pylist(), table.column("completion").to_pylist()
+    ended = [reason == "stop" for reason in table.column("finish_reason").to_pylist()]
     keys = list(groups_rows)
-    groups = [tokenise_group(tokenizer, prompts[groups_rows[k][0]], [completions[r] for r in groups_rows[k]], max_length) for k in keys]
+    groups = [tokenise_group(tokenizer, prompts[groups_rows[k][0]], [completions[r] for r in groups_rows[k]], max_length,
+                             [ended[r] for r in groups_rows[k]]) for k in keys]
     n = table.num_rows
     logp = [[0.0] * n for _ in models]
     n_tokens, truncated = [0] * n, [False] * n
@@ -65,7 +68,7 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
         max_length = cfg.max_length or weak_model.config.max_position_embeddings
         shards = shard_paths(samples, store)
         total = sum(pq.ParquetFile(path).metadata.num_rows for _, path in shards)
-        started, rows, n_trunc = time.perf_counter(), 0, 0
+        started, rows, n_trunc, written = time.perf_counter(), 0, 0, 0
         with tqdm(total=total, desc="scoring", unit="row") as progress:
             for rel, path in shards:
                 if writer.has(rel):  # finished before an interruption: atomic, so whole
@@ -75,6 +78,8 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
                     continue
                 scored = score_table(pq.read_table(path), models, tokenizer, cfg, max_length, progress)
                 writer.write_parquet(rel, scored)
+                written += 1
+                faults.checkpoint(STAGE.name, written)
                 rows += scored.num_rows
                 n_trunc += sum(scored.column("truncated").to_pylist())
         if n_trunc:

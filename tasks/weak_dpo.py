@@ -7,10 +7,8 @@ and kept in the artifact (never recomputed per step; a resumed run reuses them).
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
-
 from w2s.artifacts import ArtifactRef, ArtifactStore
-from w2s.data.splits import validate_preferences
+from w2s.data.splits import read_preferences
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir
@@ -23,8 +21,7 @@ STAGE = Stage("weak_dpo", version=1)
 def weak_dpo(ctx: RunContext, cfg: TrainingSlice, data: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
         store = ArtifactStore(ctx.artifact_root)
-        prefs = pq.read_table(store.materialise(data) / "preferences.parquet")
-        validate_preferences(prefs, f"{data.stage}/preferences.parquet")
+        prefs = read_preferences(store.materialise(data), data.stage)
         writer.write_parquet("train/pairs.parquet", prefs.select(["prompt", "chosen", "rejected"]))
         return run_training(writer, run, cfg, "dpo", model_dir(weak_ref, store), [writer.path("train/pairs.parquet")])
 

@@ -7,10 +7,9 @@ the gold-labelled preferences → π_weak_ref.
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
-from w2s.data.splits import validate_preferences
+from w2s.data.splits import read_preferences
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir
@@ -23,8 +22,7 @@ STAGE = Stage("weak_sft", version=1)
 def weak_sft(ctx: RunContext, cfg: TrainingSlice, data: ArtifactRef, base: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
         store = ArtifactStore(ctx.artifact_root)
-        prefs = pq.read_table(store.materialise(data) / "preferences.parquet")
-        validate_preferences(prefs, f"{data.stage}/preferences.parquet")  # names bad rows before training
+        prefs = read_preferences(store.materialise(data), data.stage)
         writer.write_parquet("train/chosen.parquet", pa.table({"prompt": prefs["prompt"], "completion": prefs["chosen"]}))
         return run_training(writer, run, cfg, "sft", model_dir(base, store), [writer.path("train/chosen.parquet")])
 

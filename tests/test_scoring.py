@@ -21,7 +21,7 @@ PROMPTS = [
     "SUBREDDIT: r/legaladvice\nTITLE: landlord\nPOST: My landlord uses my car without asking, for three months now. Weather is bad.\nTL;DR:",
 ]
 COMPLETIONS = [
-    [" roommate never cleans the kitchen", " kitchen", " I had a long day, a long long day", " ok?"],
+    [" roommate never cleans the kitchen", " kitchen", " I had a long day, a long long day", ""],
     [" short", " one short one", " s", " TL;DR: repeat"],
     [" landlord uses my car", " car", " three months of bad weather", " what do I do?"],
 ]
@@ -32,7 +32,7 @@ def _samples_table(prompt_ids=None):
     for p, (prompt, completions) in enumerate(zip(PROMPTS, COMPLETIONS)):
         for k, completion in enumerate(completions):
             rows.append({"prompt_id": f"student-{p}", "sample_idx": k, "prompt": prompt, "fewshot_prompt": "EX\n" + prompt,
-                         "completion": completion, "n_tokens": 5, "finish_reason": "stop", "seed": k})
+                         "completion": completion, "n_tokens": 5, "finish_reason": "length" if k == 1 else "stop", "seed": k})
     return pa.Table.from_pylist(rows)
 
 
@@ -84,11 +84,12 @@ def test_stage_scores_equal_per_sample_forward(ctx, tmp_path, request, fixture):
     weak_model, tokenizer = load_pretrained(weak_dir)
     ref_model, _ = load_pretrained(base)
     for row in out.to_pylist():
-        expected_weak = score_one(weak_model, tokenizer, row["prompt"], row["completion"], 4096)
-        expected_ref = score_one(ref_model, tokenizer, row["prompt"], row["completion"], 4096)
+        ended = row["finish_reason"] == "stop"
+        expected_weak = score_one(weak_model, tokenizer, row["prompt"], row["completion"], 4096, ended)
+        expected_ref = score_one(ref_model, tokenizer, row["prompt"], row["completion"], 4096, ended)
         assert row["logp_weak"] == pytest.approx(expected_weak, abs=1e-4)
         assert row["logp_weak_ref"] == pytest.approx(expected_ref, abs=1e-4)
-        assert row["n_tokens_weak"] == len(split_completion(tokenizer, row["prompt"], row["completion"])[1])
+        assert row["n_tokens_weak"] == len(split_completion(tokenizer, row["prompt"], row["completion"])[1]) + ended
         assert not row["truncated"]
     assert not np.allclose(out.column("logp_weak").to_numpy(), out.column("logp_weak_ref").to_numpy())
 

@@ -98,3 +98,12 @@ def test_data_order_is_a_function_of_seed_and_step():
     with pytest.raises(DataError, match="fewer than batch_size"):
         batch_indices(0, 3, 5, seed=0)
     assert math.isfinite(sum(seen[0]))
+
+
+def test_empty_completion_that_stopped_is_a_sample_of_one_eos_token(tmp_path, tok):
+    path = _shard(tmp_path, prompt=["ab", "cd"], completion=["", "x"], finish_reason=["stop", "stop"])
+    data = _load(path, tok)
+    assert data.sequences[0].n_completion == 1 and data.sequences[0].ids[-1] == tok.eos_token_id
+    cut = _shard(tmp_path, "cut.parquet", prompt=["ab"], completion=[""], finish_reason=["length"])
+    with pytest.raises(DataError, match="row 0: column 'completion' is empty"):
+        _load(cut, tok)

@@ -7,7 +7,10 @@ model's tokenizer, so weak and strong vocabularies may differ.
 Boundary rule: tokenise x alone and x + y; the completion's tokens are x + y's tokens after the
 longest common prefix with x's tokens. A token that straddles the boundary (a BPE merge across it)
 therefore counts as a completion token, and every completion token is scored in the context the
-weak model would see for the full text. No EOS is appended: y is scored as the sampled text.
+weak model would see for the full text. A completion that ended (finish_reason 'stop': EOS or a
+stop string) gets the weak tokenizer's EOS appended, exactly as the trainer appends it when the
+student learns y, so log π(y|x) includes the probability of stopping there; one cut at max_tokens
+('length') does not. An empty completion that stopped is thus scored by its EOS alone.
 
 Truncation to the model's context (`max_length`): the prompt loses tokens from its left end first
 (the task instruction "TL;DR:" at its end is kept); only a completion that alone exceeds the context
@@ -45,12 +48,13 @@ def split_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int]
     return full_ids[:common], full_ids[common:]
 
 
-def tokenise_group(tokenizer, prompt: str, completions: list[str], max_length: int) -> ScoredGroup:
+def tokenise_group(tokenizer, prompt: str, completions: list[str], max_length: int, ended: list[bool] | None = None) -> ScoredGroup:
     splits = [split_completion(tokenizer, prompt, c) for c in completions]
     # Prompt tokens shared by every completion (a straddling merge can shorten one of them).
     shared = min(len(p) for p, _ in splits)
     prompt_ids = splits[0][0][:shared]
-    completion_ids = [p[shared:] + c for p, c in splits]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    completion_ids = [p[shared:] + c + (eos if ended and ended[i] else []) for i, (p, c) in enumerate(splits)]
     longest = max((len(c) for c in completion_ids), default=0)
     truncated = [False] * len(completions)
     if shared + longest > max_length:
@@ -128,9 +132,9 @@ def score_batch(models: list, groups: list[ScoredGroup], pad_id: int, device: st
 
 
 @torch.no_grad()
-def score_one(model, tokenizer, prompt: str, completion: str, max_length: int) -> float:
+def score_one(model, tokenizer, prompt: str, completion: str, max_length: int, ended: bool = False) -> float:
     """Reference path: one full forward pass per sample (tests and the naive side of bench/scoring.py)."""
-    group = tokenise_group(tokenizer, prompt, [completion], max_length)
+    group = tokenise_group(tokenizer, prompt, [completion], max_length, [ended])
     ids = torch.tensor([group.prompt_ids + group.completion_ids[0]])
     logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
     targets = ids[0, 1:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from w2s import faults
 from w2s.artifacts import StageWriter
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
 from w2s.stage import StageOutput
@@ -36,9 +37,15 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
     from w2s.training import train
 
     result = train(cfg.train, cfg.engine, objective, base_model, [str(p) for p in data_files], writer.dir,
-                   run=run, seed=cfg.seed)
+                   run=run, seed=cfg.seed, on_step=lambda step, _: faults.checkpoint(writer.stage, step))
+    # The result file carries wall-clock timings: keep it in the manifest's info (unhashed) rather
+    # than as an artifact file, so identical training gives identical artifact digests.
+    (writer.dir / "train_result.json").unlink(missing_ok=True)
     checkpoints = [{"step": c.step, "fraction": c.fraction, "path": _relative(c.path, writer.dir)} for c in result.checkpoints]
-    return StageOutput(result.metrics, {"objective": objective, "steps": result.steps, "checkpoints": checkpoints})
+    timing = {"step_s", "tokens_per_s", "mean_tokens_per_s"}
+    history = [{k: v for k, v in h.items() if k not in timing} for h in result.history]
+    return StageOutput(result.metrics, {"objective": objective, "steps": result.steps, "checkpoints": checkpoints,
+                                        "resumed_from_step": result.resumed_from_step, "history": history})
 
 
 def _relative(path: str, root: Path) -> str:

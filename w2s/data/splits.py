@@ -118,3 +118,12 @@ def validate_preferences(table: pa.Table, source: str) -> None:
     bad = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not c.strip() or not r or not r.strip() or c == r]
     if bad:
         raise ValueError(f"{source}: rows {bad[:10]}{'…' if len(bad) > 10 else ''} have empty or identical chosen/rejected")
+
+
+def read_preferences(data_dir, source: str) -> pa.Table:
+    """The data artifact's gold preferences, validated (bad rows named) before any training."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "preferences.parquet")
+    validate_preferences(table, f"{source}/preferences.parquet")
+    return table

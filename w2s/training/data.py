@@ -77,10 +77,10 @@ def _read_shard(path: str, columns: Sequence[str], optional: Sequence[str]):
     return pq.read_table(path, columns=wanted).to_pydict()
 
 
-def _check_text(value, shard: str, row: int, column: str) -> str:
+def _check_text(value, shard: str, row: int, column: str, may_be_empty: bool = False) -> str:
     if not isinstance(value, str):
         raise DataError(f"{shard}: row {row}: column '{column}' is {type(value).__name__}, expected text")
-    if column != "prompt" and not value:
+    if column != "prompt" and not value and not may_be_empty:
         raise DataError(f"{shard}: row {row}: column '{column}' is empty")
     return value
 
@@ -104,11 +104,14 @@ def read_rows(data_files: Sequence[str | Path], kind: str) -> tuple[dict[str, li
     for path in map(str, data_files):
         table = _read_shard(path, columns, optional)
         n = len(table[columns[0]])
+        finish = table.get("finish_reason", [None] * n)
         for row in range(n):
             for c in columns:
-                out[c].append(_check_text(table[c][row], path, row, c))
+                # A sample that stopped at once is a real sample: its only token is the EOS
+                # (_fit still rejects it when append_eos is off and nothing would be learned).
+                out[c].append(_check_text(table[c][row], path, row, c, may_be_empty=c == "completion" and finish[row] == "stop"))
             out["weight"].append(_check_weight(table["weight"][row], path, row) if "weight" in table else 1.0)
-            out["finish_reason"].append(table.get("finish_reason", [None] * n)[row])
+            out["finish_reason"].append(finish[row])
             sources.append((path, row))
     if not sources:
         raise DataError(f"no rows in {len(data_files)} shard(s): {[str(p) for p in data_files][:3]}")
