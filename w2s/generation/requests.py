@@ -2,8 +2,10 @@
 
 A `Request` is one prompt sampled `n` times; sample i uses seed `seed + i` (vLLM's own rule for
 `n > 1`, which the transformers backend copies), so a sample's randomness depends only on its
-prompt's seed, not on batch composition or shard boundaries. A `Record` is one sample; both
-backends return the same fields, in request order, samples in index order.
+prompt's seed, not on batch composition or shard boundaries. The two backends draw differently from
+one seed (vLLM's sampler vs an inverse-CDF draw in hf_backend.py), so a seed pins a sample within a
+backend only. A `Record` is one sample; both backends return the same fields, in request order,
+samples in index order.
 
 `n_tokens` counts the tokens the engine sampled for the completion, including the EOS token or the
 token that completed a stop string (vLLM's `len(token_ids)`); `completion` is the text with the
