@@ -50,7 +50,9 @@ def ref_table(data: TrainData, ref: tuple[torch.Tensor, torch.Tensor]):
     import pyarrow as pa
 
     return pa.table({
-        "shard": [s for s, _ in data.sources],
+        # the file name, not the path: the table is an artifact file, and its digest must not
+        # depend on where the artifact root happens to live
+        "shard": [Path(s).name for s, _ in data.sources],
         "row": [r for _, r in data.sources],
         "ref_chosen": ref[0].tolist(),
         "ref_rejected": ref[1].tolist(),
