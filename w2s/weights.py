@@ -60,7 +60,7 @@ def group_weights(scores: np.ndarray, group: np.ndarray, hard: bool = False) -> 
 def log_ratios(logp_weak: np.ndarray, logp_weak_ref: np.ndarray, beta_over_lambda: float) -> np.ndarray:
     delta = logp_weak - logp_weak_ref
     if math.isinf(beta_over_lambda):
-        return np.where(delta == 0, 0.0, np.sign(delta) * np.inf)
+        return np.where(delta > 0, np.inf, np.where(delta < 0, -np.inf, 0.0))
     return beta_over_lambda * delta
 
 
