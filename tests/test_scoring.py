@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.conftest import shard_artifact
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
 from w2s.scoring import score_one, split_completion, tokenise_group
@@ -58,15 +59,6 @@ def _perturbed_copy(folder, target, seed):
     return target
 
 
-def _samples_artifact(ctx, tables):
-    def body(writer, run):
-        for i, table in enumerate(tables):
-            writer.write_parquet(f"shards/part-{i:05d}.parquet", table)
-        return StageOutput({})
-
-    return execute(ctx, Stage("sampling", 99), ScoringConfig(), {}, body)
-
-
 @pytest.mark.parametrize("fixture", ["tiny_char_model_dir", "tiny_smollm_model_dir"])
 def test_stage_scores_equal_per_sample_forward(ctx, tmp_path, request, fixture):
     """Byte-level and BPE weak tokenizers score the same text (the strong one never matters)."""
@@ -77,7 +69,7 @@ def test_stage_scores_equal_per_sample_forward(ctx, tmp_path, request, fixture):
     weak = _model_artifact(ctx, "weak_dpo", weak_dir)
     weak_ref = _model_artifact(ctx, "weak_sft", base)
     table = _samples_table()
-    samples = _samples_artifact(ctx, [table.slice(0, 8), table.slice(8)])
+    samples = shard_artifact(ctx, "sampling", [table.slice(0, 8), table.slice(8)])
     ref = scoring(ctx, ScoringConfig(batch_tokens=400), samples, weak, weak_ref)
     out = pa.concat_tables([pq.read_table(ref.local_dir() / f"shards/part-{i:05d}.parquet") for i in range(2)])
     assert out.column_names == table.column_names + ["logp_weak", "logp_weak_ref", "n_tokens_weak", "truncated"]
@@ -133,7 +125,7 @@ def test_killed_scoring_resumes_from_finished_shards(ctx, tmp_path, tiny_char_mo
     weak = _model_artifact(ctx, "weak_dpo", _perturbed_copy(tiny_char_model_dir, tmp_path / "w", 3))
     weak_ref = _model_artifact(ctx, "weak_sft", tiny_char_model_dir)
     table = _samples_table()
-    samples = _samples_artifact(ctx, [table.slice(0, 4), table.slice(4, 4), table.slice(8)])
+    samples = shard_artifact(ctx, "sampling", [table.slice(0, 4), table.slice(4, 4), table.slice(8)])
     real, calls = stage.score_table, []
 
     def dies_on_second_shard(*args, **kwargs):

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import shard_artifact
 from w2s.config import WeightsConfig
 from w2s.weights import ShardWeighter, WeightsInputError
 
@@ -102,23 +103,12 @@ def test_nonpositive_beta_over_lambda_rejected():
         WeightsConfig(beta_over_lambda=-1)
 
 
-def _scores_artifact(ctx, shards):
-    from w2s.stage import Stage, StageOutput, execute
-
-    def body(writer, run):
-        for i, table in enumerate(shards):
-            writer.write_parquet(f"shards/part-{i:05d}.parquet", table)
-        return StageOutput({})
-
-    return execute(ctx, Stage("scoring", 99), WeightsConfig(), {}, body)
-
-
 def test_weights_stage_writes_shards_diagnostics_plot_and_reruns_only_on_its_own_config(ctx):
     from tasks.weights import weights
 
     rng = np.random.default_rng(2)
     shards = [_table([f"s{s}p{i // 4}" for i in range(20)], rng.normal(size=20), rng.normal(size=20)) for s in range(3)]
-    scores = _scores_artifact(ctx, shards)
+    scores = shard_artifact(ctx, "scoring", shards)
     first = weights(ctx, WeightsConfig(beta_over_lambda=1.0), scores)
     folder = first.local_dir()
     out = [pq.read_table(folder / f"shards/part-{i:05d}.parquet") for i in range(3)]
