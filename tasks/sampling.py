@@ -24,12 +24,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore, Manifest
+from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
-from w2s.tables import model_dir
+from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 
 STAGE = Stage("sampling", version=1)
@@ -61,13 +61,11 @@ class SamplingStageConfig(BaseModel):
 
 
 def read_exemplars(ref: ArtifactRef, store: ArtifactStore, num_shots: int) -> pa.Table:
-    folder = store.materialise(ref)
-    manifest = Manifest.model_validate_json((folder / MANIFEST).read_text())
-    parquets = [f.path for f in manifest.files if f.path.endswith(".parquet")]
-    named = [p for p in parquets if Path(p).name == "exemplars.parquet"]
-    if len(named) != 1 and len(parquets) != 1:
-        raise ValueError(f"{ref.stage} artifact {ref.uri}: expected exemplars.parquet or a single Parquet file, found {parquets}")
-    table = pq.read_table(folder / (named or parquets)[0])
+    files = dict(shard_paths(ref, store, prefix=""))  # every Parquet file of the artifact
+    named = [p for p in files if Path(p).name == "exemplars.parquet"]
+    if len(named) != 1 and len(files) != 1:
+        raise ValueError(f"{ref.stage} artifact {ref.uri}: expected exemplars.parquet or a single Parquet file, found {list(files)}")
+    table = pq.read_table(files[(named or list(files))[0]])
     missing = [c for c in EXEMPLAR_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"exemplar artifact lacks columns {missing} (has {table.column_names})")

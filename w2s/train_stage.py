@@ -1,8 +1,9 @@
 """What every training stage shares: its config slice and the call into the training engine.
 
 A training stage writes into its artifact folder: `model/` (final HF folder), `checkpoints/step-*/`
-(the fractions in `checkpoint_fractions`), `train_result.json` and, while running, `.resume/`
-(DeepSpeed state, removed at the end), so rerunning a killed stage resumes where it stopped.
+(the fractions in `checkpoint_fractions`) and, while running, `.resume/` (DeepSpeed state, removed
+at the end), so rerunning a killed stage resumes where it stopped. The trainer's result (steps,
+checkpoints, loss history) goes into the manifest's `info`.
 """
 
 from __future__ import annotations
@@ -41,12 +42,8 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
     # The result file carries wall-clock timings: keep it in the manifest's info (unhashed) rather
     # than as an artifact file, so identical training gives identical artifact digests.
     (writer.dir / "train_result.json").unlink(missing_ok=True)
-    checkpoints = [{"step": c.step, "fraction": c.fraction, "path": _relative(c.path, writer.dir)} for c in result.checkpoints]
+    checkpoints = [{"step": c.step, "fraction": c.fraction, "path": c.path} for c in result.checkpoints]  # relative to writer.dir
     timing = {"step_s", "tokens_per_s", "mean_tokens_per_s"}
     history = [{k: v for k, v in h.items() if k not in timing} for h in result.history]
     return StageOutput(result.metrics, {"objective": objective, "steps": result.steps, "checkpoints": checkpoints,
                                         "resumed_from_step": result.resumed_from_step, "history": history})
-
-
-def _relative(path: str, root: Path) -> str:
-    return str(Path(path).relative_to(root)) if Path(path).is_absolute() else path
