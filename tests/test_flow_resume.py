@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from flows.stages import STAGES
+from flows.stages import EVE_TRAINING as STAGES  # evaluation after the student is not what this tests
 from tests.conftest import REPO
 
 SETTINGS = ["--set", "sampling.shard_rows=4", "--set", "engines.training.resume_every_steps=1"]
@@ -27,7 +27,7 @@ def _run(root, die_at=None):
     with open(out, "w") as stdout, open(err, "w") as stderr:
         proc = subprocess.Popen(
             [sys.executable, "-m", "w2s.cli", "run", "--config", str(REPO / "configs" / "tiny.yaml"),
-             "--set", f"run.artifact_root={root}", *SETTINGS],
+             "--set", f"run.artifact_root={root}", "--until", "student", *SETTINGS],
             cwd=root.parent, env=env, stdout=stdout, stderr=stderr, start_new_session=True,
         )
         try:

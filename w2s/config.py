@@ -239,8 +239,55 @@ class WeightsConfig(Section):
 
 
 class EvaluationConfig(GenerationParams):
-    temperature: float = Field(0.7, ge=0)
+    """Each policy answers the test prompts once; the gold reward gives P(π) (§9.5). The k3 KL of
+    §9.3 needs y ~ π_θ, so it is exact at temperature 1; at another temperature it estimates the
+    KL of the untempered π_θ from tempered samples (biased; documented in w2s/evaluation.py)."""
+
+    temperature: float = Field(1.0, ge=0)
     n_prompts: PositiveInt | None = Field(None, description="Default: all of data.n_test.")
+    checkpoints: bool = Field(True, description="Also evaluate intermediate checkpoints (PGR over training, fig. 3).")
+    score_batch_tokens: PositiveInt = Field(4096, description="Token budget of one log-prob batch (KL).")
+
+
+# --------------------------------------------------------------------------------------- baselines
+class RefinementConfig(GenerationParams):
+    """§9.6: the strong model rewrites each weak answer; the rewrites are its SFT data."""
+
+    temperature: float = Field(0.7, ge=0)
+    train: StudentConfig = StudentConfig()
+
+
+class WeakRewardDPOConfig(DPOConfig):
+    """§5.2/§11.2: pairs of strong samples ranked by the weak log-ratio; DPO β = 0.05, 1 epoch."""
+
+    beta: float = Field(0.05, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    checkpoint_fractions: list[Fraction] = [0.25, 0.5, 1.0]
+
+
+class StrongEvaluatorConfig(StudentConfig):
+    """§11.1: D_weak weighted by exp(r_strong/λ), r_strong = log π_ref_strong − log π_weak_ref."""
+
+    inverse_lambda: float = Field(1.0, gt=0, description="1/λ; weights normalise over D_weak (one answer per prompt).")
+
+
+class BaselinesConfig(Section):
+    strong_sft: TrainConfig = Field(TrainConfig(), description="Strong ceiling, part 1: SFT on gold chosen.")
+    strong_dpo: DPOConfig = Field(DPOConfig(), description="Strong ceiling, part 2: DPO on gold preferences.")
+    naive_sft: StudentConfig = Field(
+        StudentConfig(), description="SFT of the strong model on D_weak (the W2S baseline); same loss as the EVE student."
+    )
+    refinement: RefinementConfig = RefinementConfig()
+    dpo_weak_reward: WeakRewardDPOConfig = WeakRewardDPOConfig()
+    strong_evaluator: StrongEvaluatorConfig = StrongEvaluatorConfig()
+
+
+class SweepConfig(Section):
+    """What `w2s sweep` varies (figures 5, 6); each point recomputes only what its change touches."""
+
+    beta_over_lambda: list[Annotated[float, Field(gt=0)]] = [0.1, 0.5, 1.0, 2.0, 10.0, math.inf]
+    k: list[Annotated[int, Field(ge=2)]] = Field([], description="Samples per prompt (fig. 6); e.g. [2, 4, 8].")
+    seeds: list[int] = Field([0], description="run.seed values; results are mean ± 95 % CI over them.")
 
 
 # ----------------------------------------------------------------------------------------- engines
@@ -277,6 +324,35 @@ class EnginesConfig(Section):
     training: TrainingEngineConfig = TrainingEngineConfig()
 
 
+# ----------------------------------------------------------------------------------- orchestration
+class RetryConfig(Section):
+    retries: int = Field(0, ge=0, description="Extra attempts after a stage fails (Prefect task retries).")
+    delay_s: float = Field(10.0, ge=0, description="Wait before the first retry.")
+    backoff: float = Field(2.0, ge=1, description="Each further retry waits this factor longer (exponential).")
+
+
+class OffloadConfig(Section):
+    """Send heavy stages to a GPU work pool with `run_deployment`; light ones stay in the flow's
+    process. Needs an artifact_root and tracking_uri both sides reach (s3://, a shared MLflow)."""
+
+    enabled: bool = False
+    stages: list[str] = Field(["sampling", "scoring", "weak_sft", "weak_dpo", "student"],
+                              description="Stage names that run on the remote deployment.")
+    deployment: str = Field("eve-stage/eve-stage-gpu", description="'<flow>/<deployment>' running one stage.")
+    timeout_s: float | None = Field(None, gt=0, description="Give up waiting for a remote stage after this long.")
+
+
+class OrchestrationConfig(Section):
+    """How Prefect runs the stages. Not part of any cache key: artifacts are the same however they ran."""
+
+    retry: RetryConfig = RetryConfig()
+    stage_retry: dict[str, RetryConfig] = Field({}, description="Per-stage overrides, by stage name.")
+    offload: OffloadConfig = OffloadConfig()
+
+    def retry_for(self, stage: str) -> RetryConfig:
+        return self.stage_retry.get(stage, self.retry)
+
+
 # -------------------------------------------------------------------------------------------- root
 class PipelineConfig(Section):
     run: RunConfig = RunConfig()
@@ -290,7 +366,10 @@ class PipelineConfig(Section):
     weights: WeightsConfig = WeightsConfig()
     student: StudentConfig = StudentConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    sweep: SweepConfig = SweepConfig()
     engines: EnginesConfig = EnginesConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
     def _reward_fits_data(self) -> PipelineConfig:

@@ -186,3 +186,15 @@ def check_writable_root(root: str) -> None:
 
 def dump_yaml(cfg: PipelineConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def with_values(cfg: PipelineConfig, **values: Any) -> PipelineConfig:
+    """A copy of `cfg` with dotted keys replaced and re-validated: with_values(cfg, **{"run.seed": 1})."""
+    raw = cfg.model_dump(mode="python")
+    for key, value in values.items():
+        node = raw
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return validate_mapping(raw, "sweep point")

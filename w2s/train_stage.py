@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from w2s import faults
-from w2s.artifacts import StageWriter
+from w2s.artifacts import ArtifactRef, ArtifactStore, StageWriter
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
-from w2s.stage import StageOutput
-from w2s.tracking import StageRun
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tracking import RunContext, StageRun
 
 
 class TrainingSlice(BaseModel):
@@ -47,3 +48,23 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
     history = [{k: v for k, v in h.items() if k not in timing} for h in result.history]
     return StageOutput(result.metrics, {"objective": objective, "steps": result.steps, "checkpoints": checkpoints,
                                         "resumed_from_step": result.resumed_from_step, "history": history})
+
+
+def train_on_gold_preferences(ctx: RunContext, stage: Stage, cfg: TrainingSlice, objective: str, data: ArtifactRef,
+                              base: ArtifactRef, base_input: str) -> ArtifactRef:
+    """SFT on the gold *chosen* responses, or DPO on the gold pairs (§9.2), from `base`'s model.
+    The weak teacher (weak_sft → weak_dpo) and the strong ceiling (strong_sft → strong_dpo) share it."""
+    from w2s.data.splits import read_preferences
+    from w2s.tables import model_dir
+
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        prefs = read_preferences(store.materialise(data), data.stage)
+        if objective == "sft":
+            table, name = pa.table({"prompt": prefs["prompt"], "completion": prefs["chosen"]}), "train/chosen.parquet"
+        else:
+            table, name = prefs.select(["prompt", "chosen", "rejected"]), "train/pairs.parquet"
+        writer.write_parquet(name, table)
+        return run_training(writer, run, cfg, objective, model_dir(base, store), [writer.path(name)])
+
+    return execute(ctx, stage, cfg, {"data": data, base_input: base}, body)

@@ -1,0 +1,50 @@
+"""Seeds and the β/λ / K sweeps (paper §5 figures 5, 6): every baseline on each seed in
+`sweep.seeds`, EVE again at each β/λ in `sweep.beta_over_lambda` and each K in `sweep.k`, one report
+with mean ± 95 % CI over seeds. A β/λ point reruns only weights → student → evaluation; a K point
+reruns sampling and what follows; everything else comes from the cache.
+
+    w2s sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]"
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.baselines import all_policies
+from flows.eve import eve_stages, evaluate_eve
+from tasks.report import report_task as report
+from w2s.artifacts import ArtifactRef
+from w2s.config import PipelineConfig
+from w2s.config_io import with_values
+from w2s.orchestration import PipelineState, pipeline_run
+from w2s.tracking import RunContext
+
+
+def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
+    """(label suffix, config) of every extra EVE run the sweep asks for, per seed."""
+    points = []
+    for seed in config.sweep.seeds:
+        seeded = with_values(config, **{"run.seed": seed})
+        points += [(f"seed={seed},beta_over_lambda={value:g}", with_values(seeded, **{"weights.beta_over_lambda": value}))
+                   for value in config.sweep.beta_over_lambda]
+        points += [(f"seed={seed},k={k}", with_values(seeded, **{"sampling.k": k})) for k in config.sweep.k]
+    return points
+
+
+def seeded_policies(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
+    evaluations = {}
+    for seed in config.sweep.seeds:
+        found = all_policies(ctx, with_values(config, **{"run.seed": seed}))
+        evaluations |= {f"{label},seed={seed}": ref for label, ref in found.items()}
+    return evaluations
+
+
+def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
+    return {f"eve,{suffix}": evaluate_eve(ctx, point, eve_stages(ctx, point)) for suffix, point in sweep_points(config)}
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(config: PipelineConfig = PipelineConfig(), until: str | None = None) -> PipelineState:
+    with pipeline_run(config.run_context(), "sweep", config.model_dump(mode="json"), until) as run:
+        report(run.ctx, config, evaluations=seeded_policies(run.ctx, config) | swept_eve(run.ctx, config))
+    return run

@@ -1,0 +1,138 @@
+"""Stage `evaluate_<policy>` (paper §5, §9.3, §9.5): a policy answers the test prompts, the gold
+reward scores the answers → P(π); for policies trained from the strong base, the k3 estimate of
+KL(π_θ‖π_ref_strong) from the same samples. Intermediate checkpoints of a training artifact are
+evaluated too (PGR over training, figure 3).
+
+Every policy draws its answer to a prompt with the same seed (derive_seed(run seed, "eval:" + id)),
+so paired comparisons (win-rate) see common random numbers.
+
+    w2s run --config pipeline_config.yaml --until evaluate_eve
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+from tqdm.auto import tqdm
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
+from w2s.evaluation import k3_terms, performance
+from w2s.generation import Engine, Request, derive_seed, resolve_backend
+from w2s.generation.requests import effective_context
+from w2s.orchestration import StageTask
+from w2s.rewards import load_gold_reward
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tables import model_dir
+from w2s.tracking import RunContext
+
+VERSION = 1
+
+
+class EvaluateSlice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    evaluation: EvaluationConfig
+    engine: GenerationEngineConfig
+    gold_reward: GoldRewardSpec
+    seed: int
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig) -> EvaluateSlice:
+        engine = config.engines.generation
+        engine = engine.model_copy(update={"backend": resolve_backend(engine)})  # vLLM and HF samples differ
+        return cls(evaluation=config.evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
+
+
+def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermediate: bool) -> list[dict]:
+    """[{name, step, fraction, path}] of the final model and (if wanted) each kept checkpoint."""
+    folder = model_dir(policy, store).parent
+    manifest = store.read_manifest(policy.stage, policy.key)
+    kept = (manifest.info.get("checkpoints") if manifest else None) or []
+    final = {"name": "final", "step": (manifest.info.get("steps") if manifest else None), "fraction": 1.0, "path": folder / "model"}
+    rows = [final]
+    if with_intermediate:
+        for c in kept:
+            if c["path"] != "model":
+                rows.append({"name": f"step-{c['step']}", "step": c["step"], "fraction": c["fraction"], "path": folder / c["path"]})
+    return rows
+
+
+def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, dict]:
+    requests = [Request(pid, prompt, n=1, seed=derive_seed(cfg.seed, f"eval:{pid}"))
+                for pid, prompt in zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())]
+    with Engine(cfg.engine, str(model), cfg.seed) as engine:
+        result = engine.generate(requests, cfg.evaluation)
+    if result.skipped:
+        raise ValueError(f"test prompts {result.skipped[:5]} do not fit {model} with max_tokens={cfg.evaluation.max_tokens}")
+    return {r.request_id: r for r in result.records}
+
+
+def sequence_logps(model_path: Path, prompts: list[str], completions: list[str], ended: list[bool], max_length: int | None) -> np.ndarray:
+    """log π(y|x) summed over completion tokens, one pass per sample (N is small: the test set)."""
+    from w2s.models.build import load_pretrained
+    from w2s.scoring import score_one
+
+    model, tokenizer = load_pretrained(model_path)
+    model.eval()
+    length = max_length or effective_context(model_path, None)
+    return np.array([score_one(model, tokenizer, p, c, length, e)
+                     for p, c, e in tqdm(list(zip(prompts, completions, ended)), desc=f"log-probs {model_path.name}", leave=False)])
+
+
+def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
+                    kl_ref: ArtifactRef | None = None) -> ArtifactRef:
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        test = pq.read_table(store.materialise(data) / "test.parquet")
+        test = test.slice(0, min(cfg.evaluation.n_prompts or test.num_rows, test.num_rows))
+        if test.num_rows == 0:
+            raise ValueError(f"{data.stage} has no test prompts")
+        reward = load_gold_reward(cfg.gold_reward)
+        ids, prompts, metas = (test.column(c).to_pylist() for c in ("prompt_id", "prompt", "meta"))
+        ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
+        tables, metrics = [], {}
+        for point in policy_checkpoints(policy, store, cfg.evaluation.checkpoints):
+            answers = _answers(cfg, point["path"], test)
+            records = [answers[pid] for pid in ids]
+            responses = [r.completion for r in records]
+            ended = [r.finish_reason == "stop" for r in records]
+            gold = reward.score(prompts, responses, metas)
+            columns = {
+                "checkpoint": [point["name"]] * len(ids), "step": pa.array([point["step"]] * len(ids), pa.int64()),
+                "fraction": pa.array([point["fraction"]] * len(ids), pa.float64()), "prompt_id": ids, "prompt": prompts,
+                "response": responses, "n_tokens": pa.array([r.n_tokens for r in records], pa.int32()),
+                "finish_reason": [r.finish_reason for r in records], "gold_reward": pa.array(gold, pa.float64()),
+            }
+            prefix = "" if point["name"] == "final" else f"{point['name']}/"
+            metrics[f"{prefix}gold_reward"] = performance(gold)
+            if ref_path is not None:
+                logp = sequence_logps(point["path"], prompts, responses, ended, None)
+                logp_ref = sequence_logps(ref_path, prompts, responses, ended, None)
+                k3 = k3_terms(logp, logp_ref)
+                columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
+                metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
+            tables.append(pa.table(columns))
+        writer.write_parquet("samples.parquet", pa.concat_tables(tables, promote_options="default"))
+        return StageOutput(metrics, {"policy": stage.name.removeprefix("evaluate_"), "n_prompts": len(ids),
+                                     "kl_reference": kl_ref.stage if kl_ref is not None else None})
+
+    inputs = {"data": data, "policy": policy} | ({"kl_ref": kl_ref} if kl_ref is not None else {})
+    return execute(ctx, stage, cfg, inputs, body)
+
+
+@cache
+def evaluate_task(policy: str) -> StageTask:
+    """The evaluation stage of one policy (its own name, so MLflow and the summary show which)."""
+    stage = Stage(f"evaluate_{policy}", version=VERSION)
+
+    def evaluate(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, policy: ArtifactRef,
+                 kl_ref: ArtifactRef | None = None) -> ArtifactRef:
+        return evaluate_policy(ctx, cfg, stage, data, policy, kl_ref)
+
+    evaluate.__name__ = evaluate.__qualname__ = stage.name
+    return StageTask(stage, evaluate, select=EvaluateSlice.from_pipeline)

@@ -1,0 +1,34 @@
+"""Stage `naive_sft`: the naive W2S baseline (paper §5 "SFT"): the strong base fine-tuned on the weak
+teacher's demonstrations D_weak. Checkpoints at `baselines.naive_sft.checkpoint_fractions` show its
+early peak and later decline (figure 3).
+
+    w2s baselines --config pipeline_config.yaml --until naive_sft
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.orchestration import StageTask
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tables import model_dir
+from w2s.tracking import RunContext
+from w2s.train_stage import TrainingSlice, run_training, training_slice
+
+STAGE = Stage("naive_sft", version=1)
+
+
+def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        d_weak = pq.read_table(store.materialise(demos) / "weak_demos.parquet")
+        table = pa.table({"prompt": d_weak["prompt"], "completion": d_weak["response"], "finish_reason": d_weak["finish_reason"]})
+        writer.write_parquet("train/d_weak.parquet", table)
+        return run_training(writer, run, cfg, "sft", model_dir(strong, store), [writer.path("train/d_weak.parquet")])
+
+    return execute(ctx, STAGE, cfg, {"demos": demos, "strong": strong}, body)
+
+
+naive_sft_task = StageTask(STAGE, naive_sft, select=lambda config: training_slice(config.baselines.naive_sft, config))

@@ -1,0 +1,58 @@
+"""Stage `report`: the PGR table and figures 3, 4, 5 and 9 from labelled evaluation artifacts
+(w2s/report.py), written as `report.md` + a self-contained `report.html` with PNGs, and logged to
+MLflow with the run. `w2s report` runs the baselines flow (everything upstream cached) and copies
+the report out.
+
+    w2s report --config pipeline_config.yaml --out reports/
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.orchestration import StageTask
+from w2s.report import build_report, plot_report, render_html, render_markdown
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tracking import RunContext
+
+STAGE = Stage("report", version=1)
+
+
+class ReportSlice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str = "Weak-to-strong report"
+
+
+def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef]) -> ArtifactRef:
+    if not evaluations:
+        raise ValueError("the report needs at least one evaluation")
+
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        tables = {label: pq.read_table(store.materialise(ref) / "samples.parquet") for label, ref in evaluations.items()}
+        result = build_report(tables)
+        with writer.folder("figures") as staging:
+            names = [path.name for path in plot_report(result, staging)]
+        images = [writer.dir / "figures" / name for name in names]
+        markdown = render_markdown(result, images, cfg.title).replace("](", "](figures/")
+        writer.write_bytes("report.md", markdown.encode())
+        writer.write_bytes("report.html", render_html(markdown, images).encode())
+        writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "warnings": result.warnings}, indent=1).encode())
+        for path in [writer.path("report.md"), writer.path("report.html"), *images]:
+            run.log_artifact(path)
+        metrics = {}
+        for name, policy in result.policies.items():
+            finite = [v for v in policy.pgr if v == v]
+            if finite:
+                metrics[f"pgr/{name}"] = sum(finite) / len(finite)
+        print(markdown.split("![")[0])
+        return StageOutput(metrics, {"warnings": result.warnings})
+
+    return execute(ctx, STAGE, cfg, {f"evaluations.{label}": ref for label, ref in sorted(evaluations.items())}, body)
+
+
+report_task = StageTask(STAGE, report, select=lambda config: ReportSlice())

@@ -1,0 +1,107 @@
+"""PGR, win-rate, the k3 KL estimator, CIs and the report, against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy import stats
+
+from w2s.evaluation import k3_kl, k3_terms, mean_ci95, performance, pgr, win_rate
+from w2s.report import Label, build_report, plot_report, render_html, render_markdown
+
+
+def test_pgr_by_hand():
+    assert pgr(0.5, 0.2, 0.8) == pytest.approx(0.5)
+    assert pgr(0.9, 0.2, 0.8) == pytest.approx(0.7 / 0.6)  # beyond the ceiling: > 1
+    assert pgr(0.1, 0.2, 0.8) == pytest.approx(-0.1 / 0.6)
+    assert math.isnan(pgr(0.3, 0.5, 0.5))
+
+
+def test_win_rate_counts_ties_as_half():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 3, 200).astype(float), rng.integers(0, 3, 200).astype(float)
+    expected = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)) / len(a)
+    assert win_rate(a, b) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        win_rate([1.0], [1.0, 2.0])
+
+
+def test_k3_terms_match_the_ratio_formula_and_are_nonnegative():
+    lp, lr = np.array([-3.0, -10.0, -0.5, -7.0]), np.array([-2.5, -12.0, -0.5, -1.0])
+    ratio = np.exp(lr) / np.exp(lp)
+    np.testing.assert_allclose(k3_terms(lp, lr), (ratio - 1) - np.log(ratio), rtol=1e-12)
+    assert np.all(k3_terms(lp, lr) >= 0) and k3_terms([-1.0], [-1.0])[0] == 0
+    with pytest.raises(ValueError):
+        k3_kl([float("nan")], [0.0])
+
+
+def test_k3_is_unbiased_for_kl_on_a_discrete_distribution():
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    q = np.array([0.25, 0.25, 0.25, 0.25])
+    exact = float(np.sum(p * np.log(p / q)))
+    draws = np.random.default_rng(1).choice(4, size=200_000, p=p)
+    assert k3_kl(np.log(p[draws]), np.log(q[draws])) == pytest.approx(exact, rel=0.02)
+
+
+def test_mean_ci95_matches_scipy_t_interval():
+    values = [0.31, 0.42, 0.18, 0.55, 0.27]
+    interval = mean_ci95(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert interval.mean == pytest.approx(np.mean(values))
+    assert interval.half_width == pytest.approx((high - low) / 2, rel=1e-3)
+    assert math.isnan(mean_ci95([0.4]).half_width) and str(mean_ci95([0.4])) == "0.400"
+    assert performance([1.0, 2.0]) == 1.5
+
+
+def _samples(rewards: dict[str, float], checkpoints: dict[float, dict[str, float]] | None = None, k3: float | None = None):
+    rows = []
+    for fraction, values in ({1.0: rewards} | (checkpoints or {})).items():
+        name = "final" if fraction == 1.0 else f"step-{int(fraction * 10)}"
+        rows += [{"checkpoint": name, "fraction": fraction, "prompt_id": pid, "gold_reward": r} for pid, r in values.items()]
+    table = pa.Table.from_pylist(rows)
+    return table.append_column("k3", pa.array([k3] * table.num_rows)) if k3 is not None else table
+
+
+def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
+    ids = ["a", "b", "c", "d"]
+    evaluations = {}
+    for seed, shift in ((0, 0.0), (1, 0.2)):
+        evaluations[f"weak,seed={seed}"] = _samples(dict(zip(ids, [0.0, 0.0, 1.0, 1.0])))
+        evaluations[f"strong_ceiling,seed={seed}"] = _samples(dict(zip(ids, [2.0, 2.0, 2.0, 2.0])))
+        evaluations[f"reference,seed={seed}"] = _samples(dict(zip(ids, [1.0, 1.0, 1.0, 1.0])))
+        evaluations[f"eve,seed={seed}"] = _samples(dict(zip(ids, [1.0 + shift, 1.0, 2.0, 0.0])),
+                                                   {0.5: dict(zip(ids, [0.5, 0.5, 0.5, 0.5]))}, k3=0.3)
+        evaluations[f"eve,seed={seed},beta_over_lambda=inf"] = _samples(dict(zip(ids, [0.5] * 4)))
+    report = build_report(evaluations)
+    eve = report.policies["eve"]
+    # P_weak = 0.5, P_strong = 2.0; seed 0: P = 1.0 → PGR 1/3; seed 1: P = 1.05 → 0.55/1.5
+    np.testing.assert_allclose(eve.pgr, [0.5 / 1.5, 0.55 / 1.5])
+    # vs reference (all 1.0): seed 0 answers 1, 1, 2, 0 → ½ + ½ + 1 + 0 = 2/4; seed 1: 1.2 wins → 2.5/4
+    np.testing.assert_allclose(eve.win, [0.5, 0.625])
+    np.testing.assert_allclose(eve.curve[0.5], [0.0, 0.0])
+    assert eve.kl == [0.3, 0.3] and len(eve.kl_win) == 4
+    assert report.sweeps["beta_over_lambda"][math.inf] == [0.0, 0.0]
+    assert "eve" in report.policies and not report.warnings
+    images = plot_report(report, tmp_path)
+    assert {p.name for p in images} >= {"pgr_bars.png", "pgr_over_training.png", "pgr_vs_beta_over_lambda.png", "winrate_vs_kl.png"}
+    markdown = render_markdown(report, images, "t")
+    row = next(line for line in markdown.splitlines() if line.startswith("| eve |"))
+    expected = mean_ci95([0.5 / 1.5, 0.55 / 1.5])
+    assert str(expected) in row
+    page = render_html(markdown, images)
+    assert page.count("data:image/png;base64,") == len(images) and "<td>eve</td>" in page
+
+
+def test_report_warns_when_the_ceiling_is_below_the_weak_teacher():
+    report = build_report({"weak": _samples({"a": 1.0}), "strong_ceiling": _samples({"a": 0.0}), "eve": _samples({"a": 0.5})})
+    assert report.warnings and "does not beat" in report.warnings[0]
+
+
+def test_labels_round_trip_and_reject_unknown_fields():
+    assert Label.parse("eve,seed=2,beta_over_lambda=0.5") == Label("eve", 2, 0.5)
+    assert str(Label.parse("eve,seed=1,k=8")) == "eve,seed=1,k=8"
+    with pytest.raises(ValueError):
+        Label.parse("eve,lr=3")
