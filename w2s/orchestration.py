@@ -11,6 +11,7 @@ recomputes instead of returning a reference to broken files.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -19,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import flow, task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, local_path_of
+from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.stage import Stage, last_outcome
 from w2s.tracking import RunContext
 
@@ -40,7 +43,15 @@ def prefect_records_dir(artifact_root: str) -> Path:
 
 
 def artifact_inputs(inputs: dict[str, Any]) -> dict[str, ArtifactRef]:
-    return {name: value for name, value in inputs.items() if isinstance(value, ArtifactRef)}
+    """The artifact inputs of a stage call; a dict of refs (the report's evaluations) flattens to
+    `name.label`, exactly as the stage passes it to `execute`, so both compute the same key."""
+    found: dict[str, ArtifactRef] = {}
+    for name, value in inputs.items():
+        if isinstance(value, ArtifactRef):
+            found[name] = value
+        elif isinstance(value, dict):
+            found |= {f"{name}.{label}": ref for label, ref in sorted(value.items()) if isinstance(ref, ArtifactRef)}
+    return found
 
 
 @dataclass
@@ -54,6 +65,17 @@ class ArtifactCachePolicy(CachePolicy):
         if ArtifactStore(self.artifact_root).lookup(self.stage.name, key) is None:
             (prefect_records_dir(self.artifact_root) / record).unlink(missing_ok=True)
         return record
+
+
+def _with_faults(name: str, fn: Callable[..., ArtifactRef]) -> Callable[..., ArtifactRef]:
+    """Fault point `<stage>:0` at the start of every attempt (tests: W2S_FAIL_ONCE=<stage>:0)."""
+
+    @functools.wraps(fn)
+    def attempt(*args: Any, **kwargs: Any) -> ArtifactRef:
+        faults.checkpoint(name, 0)
+        return fn(*args, **kwargs)
+
+    return attempt
 
 
 @dataclass
@@ -79,26 +101,58 @@ class PipelineState:
 _pipeline: contextvars.ContextVar[PipelineState | None] = contextvars.ContextVar("w2s_pipeline", default=None)
 
 
+def orchestration_of(config: Any) -> OrchestrationConfig:
+    """The whole PipelineConfig carries the retry/offload settings; a bare slice gets the defaults."""
+    return config.orchestration if isinstance(config, PipelineConfig) else OrchestrationConfig()
+
+
+def retry_delays(retry: RetryConfig) -> list[float]:
+    """Exponential backoff: delay, delay·backoff, delay·backoff², ... (one entry per retry)."""
+    return [retry.delay_s * retry.backoff**attempt for attempt in range(retry.retries)]
+
+
+STAGE_TASKS: dict[str, StageTask] = {}
+
+
 class StageTask:
     """A stage's pure function as a Prefect task, called from a flow like the function itself."""
 
-    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef], select: Callable[[Any], Any] | None = None, retries: int = 0):
+    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef], select: Callable[[Any], Any] | None = None):
         """`select` picks the stage's config slice from the whole PipelineConfig, so flows pass the
-        whole config and each stage (and its cache key, and its Prefect inputs) sees only its slice."""
+        whole config and each stage (and its cache key, and its Prefect inputs) sees only its slice.
+        Retries come from `config.orchestration` at call time (a failed attempt writes no manifest,
+        so a retry never sees a half-written artifact: it rewrites or resumes from whole files)."""
         self.stage, self.fn, self.select = stage, fn, select
-        self.task = task(name=stage.name, persist_result=True, result_serializer="json", retries=retries)(fn)
+        self.task = task(name=stage.name, persist_result=True, result_serializer="json")(_with_faults(stage.name, fn))
+        STAGE_TASKS[stage.name] = self
 
     def __call__(self, ctx: RunContext, config, **inputs: ArtifactRef) -> ArtifactRef:
         started = time.perf_counter()
         cfg = self.select(config) if self.select is not None else config
+        orchestration = orchestration_of(config)
+        if self._offloaded(orchestration, ctx, cfg, inputs):
+            ref = offload_stage(orchestration.offload, self.stage, ctx, config, cfg, inputs)
+            self._report(ctx, cfg, ref, False, time.perf_counter() - started)
+            return ref
+        retry = orchestration.retry_for(self.stage.name)
         configured = self.task.with_options(
             cache_policy=ArtifactCachePolicy(stage=self.stage, artifact_root=ctx.artifact_root),
             result_storage=prefect_records_dir(ctx.artifact_root),
+            retries=retry.retries,
+            retry_delay_seconds=retry_delays(retry),
         )
         state = configured(ctx, cfg, return_state=True, **inputs)
         ref: ArtifactRef = state.result()
         self._report(ctx, cfg, ref, state.is_completed() and state.name == "Cached", time.perf_counter() - started)
         return ref
+
+    def _offloaded(self, orchestration: OrchestrationConfig, ctx: RunContext, cfg, inputs: dict[str, ArtifactRef]) -> bool:
+        """Heavy stages go to the remote pool, unless their artifact is already there (then the
+        local task reports it Cached, as for any other stage)."""
+        offload = orchestration.offload
+        if not offload.enabled or self.stage.name not in offload.stages:
+            return False
+        return ArtifactStore(ctx.artifact_root).lookup(self.stage.name, self.stage.key(cfg, inputs)) is None
 
     def _report(self, ctx: RunContext, cfg, ref: ArtifactRef, prefect_cached: bool, wall: float) -> None:
         pipeline = _pipeline.get()
@@ -122,7 +176,7 @@ def pipeline_run(ctx: RunContext, flow_name: str, params: dict[str, Any], until:
     from w2s.tracking import end_flow_run, start_flow_run
 
     flow_run_id, flow_run_url = _prefect_flow_run()
-    ctx = ctx.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": flow_run_url})
+    ctx = ctx.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": flow_run_url, **infrastructure_overrides()})
     ctx = start_flow_run(ctx, flow_name, params)
     state = PipelineState(ctx=ctx, until=until)
     token = _pipeline.set(state)
@@ -148,3 +202,65 @@ def _prefect_flow_run() -> tuple[str | None, str | None]:
     run_id = str(run_ctx.flow_run.id)
     ui = os.environ.get("PREFECT_UI_URL")
     return run_id, (f"{ui.rstrip('/')}/runs/flow-run/{run_id}" if ui else None)
+
+
+# ------------------------------------------------------------------------------ deployments, pools
+ENV_ARTIFACT_ROOT = "W2S_ARTIFACT_ROOT"
+ENV_TRACKING_URI = "W2S_TRACKING_URI"
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "pipeline_config.yaml"
+
+
+def embedded_default() -> PipelineConfig:
+    """The flow's parameter default: pipeline_config.yaml where the repository is (a checkout, the
+    images), so the Prefect UI's run form starts from it; the schema defaults elsewhere."""
+    from w2s.config_io import load_config
+
+    return load_config(EMBEDDED_DEFAULT) if EMBEDDED_DEFAULT.exists() else PipelineConfig()
+
+
+def infrastructure_overrides() -> dict[str, str]:
+    """A work pool's job variables may say where artifacts and MLflow live on that infrastructure
+    (deployments/prefect.yaml: env W2S_ARTIFACT_ROOT, W2S_TRACKING_URI); they win over the form,
+    whose defaults describe a laptop. Neither is part of any cache key."""
+    found: dict[str, str] = {}
+    root = os.environ.get(ENV_ARTIFACT_ROOT)
+    if root:
+        local = local_path_of(root)
+        found["artifact_root"] = str(local.expanduser().absolute()) if local is not None else root
+        if not os.environ.get(ENV_TRACKING_URI) and local is not None:
+            found["tracking_uri"] = f"sqlite:///{local.expanduser().absolute() / 'mlflow.db'}"
+    if os.environ.get(ENV_TRACKING_URI):
+        found["tracking_uri"] = os.environ[ENV_TRACKING_URI]
+    return found
+
+
+def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config: PipelineConfig, cfg, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    """Runs one stage as a flow run of `offload.deployment` (deployments/prefect.yaml: eve-stage-gpu)
+    and waits for it. The artifact store is the hand-over: both sides compute the same key, so the
+    result is read back from the shared artifact root, verified, not passed through Prefect."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        name=offload.deployment,
+        parameters={"stage": stage.name, "config": config.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
+                    "inputs": {name: ref.model_dump(mode="json") for name, ref in inputs.items()}},
+        timeout=offload.timeout_s,
+        as_subflow=True,
+    )
+    if flow_run.state is None or not flow_run.state.is_completed():
+        state = flow_run.state.name if flow_run.state else "unknown"
+        raise RuntimeError(f"offloaded stage {stage.name}: flow run {flow_run.id} ended {state}")
+    ref = ArtifactStore(ctx.artifact_root).lookup(stage.name, stage.key(cfg, inputs))
+    if ref is None:
+        raise RuntimeError(f"offloaded stage {stage.name} completed but its artifact is not under {ctx.artifact_root} "
+                           "(offload needs an artifact root both sides share, e.g. s3://)")
+    return ref
+
+
+@flow(name="eve-stage", log_prints=True)
+def eve_stage(stage: str, config: PipelineConfig, ctx: RunContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    """One stage of the EVE flow on its own (the target of offload): same task, retries and cache."""
+    import flows.eve  # noqa: F401  (registers every stage task)
+
+    local = config.model_copy(update={"orchestration": config.orchestration.model_copy(update={"offload": OffloadConfig()})})
+    return STAGE_TASKS[stage](ctx.model_copy(update=infrastructure_overrides()), local, **inputs)
