@@ -72,7 +72,8 @@ def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, di
     return {r.request_id: r for r in result.records}
 
 
-def sequence_logps(model_path: Path, prompts: list[str], completions: list[str], ended: list[bool], max_length: int | None) -> np.ndarray:
+def sequence_logps(model_path: Path, prompts: list[str], completions: list[str], ended: list[bool], max_length: int | None,
+                   label: str = "") -> np.ndarray:
     """log π(y|x) summed over completion tokens, one pass per sample (N is small: the test set)."""
     from w2s.models.build import load_pretrained
     from w2s.scoring import score_one
@@ -81,7 +82,7 @@ def sequence_logps(model_path: Path, prompts: list[str], completions: list[str],
     model.eval()
     length = max_length or effective_context(model_path, None)
     return np.array([score_one(model, tokenizer, p, c, length, e)
-                     for p, c, e in tqdm(list(zip(prompts, completions, ended)), desc=f"log-probs {model_path.name}", leave=False)])
+                     for p, c, e in tqdm(list(zip(prompts, completions, ended)), desc=f"log-probs {label or model_path.parent.name}", leave=False)])
 
 
 def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
@@ -111,8 +112,8 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: Art
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
-                logp = sequence_logps(point["path"], prompts, responses, ended, None)
-                logp_ref = sequence_logps(ref_path, prompts, responses, ended, None)
+                logp = sequence_logps(point["path"], prompts, responses, ended, None, f"{stage.name} {point['name']}")
+                logp_ref = sequence_logps(ref_path, prompts, responses, ended, None, f"{kl_ref.stage} (KL reference)")
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))

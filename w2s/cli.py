@@ -4,6 +4,10 @@
     w2s config show pipeline_config.yaml [--set ...]
     w2s config validate pipeline_config.yaml
     w2s stages
+    w2s baselines --config pipeline_config.yaml        # EVE vs naive SFT, refinement, DPO, strong-as-evaluator
+    w2s sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]"
+    w2s report --config pipeline_config.yaml --flow baselines --out reports/
+    w2s classification --config configs/classification.yaml [--set aux.alpha_max=0.5 ...]
 
 Exit codes: 0 done, 1 a stage failed, 2 bad config or arguments (found before any compute, nothing
 written to the artifact root or MLflow).
@@ -34,7 +38,7 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows.stages import STAGES
+    from flows.stages import BASELINE_STAGES, STAGES
 
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong generalisation pipelines (EVE).", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,17 +60,40 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("stages", help="list the pipeline's stages in order")
+
+    for name, text in (("baselines", "EVE and every baseline of the paper, each evaluated, one PGR report"),
+                       ("sweep", "the baselines over sweep.seeds, EVE over sweep.beta_over_lambda and sweep.k; mean ± 95 % CI")):
+        flow_parser = sub.add_parser(name, help=f"run the {name} flow: {text}", description=f"Run the {name} flow: {text}. "
+                                     "Every stage shared with earlier runs is reused from the cache.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        _add_config_args(flow_parser)
+        flow_parser.add_argument("--until", choices=BASELINE_STAGES, metavar="STAGE", help="stop after this stage")
+    report = sub.add_parser("report", help="write the PGR report (Markdown + HTML) of a flow, running what is not cached",
+                            description="Runs FLOW (cached stages are reused), then copies its report folder to --out.")
+    _add_config_args(report)
+    report.add_argument("--flow", choices=("eve", "baselines", "sweep"), default="baselines", help="which flow's report (default: baselines)")
+    report.add_argument("--out", default="reports", metavar="DIR", help="where report.md, report.html and figures/ go (default: reports)")
+
+    classification = sub.add_parser(
+        "classification", help="run the w2s_classification flow (Burns et al. W2S on LM features; resumes from cached stages)",
+        description="Weak-to-strong classification: weak/strong heads, aux confidence loss, bootstrapping, probes, epochs ablation.",
+    )
+    _add_config_args(classification)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Prefect's embedded server gets 20 s to start by default: too little on 2 busy cores.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         if args.command == "stages":
             from flows.stages import STAGES
 
             print("\n".join(STAGES))
             return 0
+        if args.command == "classification":
+            return run_classification(args.config, args.overrides)
         if args.command == "config":
             cfg = load_config(args.file, args.overrides)
             if args.config_command == "validate":
@@ -80,29 +107,66 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"w2s: error: {exc}", file=sys.stderr)
         return 2
-    return run_pipeline(cfg, args.until)
+    if args.command == "report":
+        return write_report(cfg, args.flow, args.out)
+    return run_pipeline(cfg, args.until, "eve" if args.command == "run" else args.command)
 
 
-def run_pipeline(cfg, until: str | None) -> int:
+def _flow(name: str):
+    if name == "eve":
+        from flows.eve import eve as flow_fn
+    elif name == "baselines":
+        from flows.baselines import baselines as flow_fn
+    else:
+        from flows.sweep import sweep as flow_fn
+    return flow_fn
+
+
+def run_pipeline(cfg, until: str | None, flow_name: str = "eve") -> int:
+    return 0 if _run_flow(cfg, until, flow_name) is not None else 1
+
+
+def _run_flow(cfg, until: str | None, flow_name: str):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.eve import eve
-
     started = time.perf_counter()
     try:
-        state = eve(config=cfg, until=until)
+        state = _flow(flow_name)(config=cfg, until=until)
     except Exception as exc:  # the stage's own traceback is already in the Prefect log above
         print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return None
     print(summary_table(state, cfg, time.perf_counter() - started))
+    return state
+
+
+def write_report(cfg, flow_name: str, out: str) -> int:
+    import shutil
+    from pathlib import Path
+
+    from w2s.artifacts import local_path_of
+
+    state = _run_flow(cfg, None, flow_name)
+    if state is None:
+        return 1
+    source = local_path_of(next(row.uri for row in state.rows if row.stage == "report"))
+    if source is None:
+        print("w2s: error: report copies need a local artifact root; open the report artifact in MLflow", file=sys.stderr)
+        return 1
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("report.md", "report.html", "pgr.json"):
+        shutil.copy2(source / name, target / name)
+    shutil.copytree(source / "figures", target / "figures", dirs_exist_ok=True)
+    print(f"report: {target / 'report.md'} and {target / 'report.html'}")
     return 0
 
 
 def summary_table(state, cfg, total_s: float) -> str:
     rows = state.rows
-    header = f"{'stage':<14} {'cache':<6} {'wall':>8}  artifact"
+    width = max([14] + [len(row.stage) for row in rows])
+    header = f"{'stage':<{width}} {'cache':<6} {'wall':>8}  artifact"
     lines = [header, "-" * len(header)]
     for row in rows:
-        lines.append(f"{row.stage:<14} {row.cache:<6} {row.wall_s:>7.1f}s  {row.uri}")
+        lines.append(f"{row.stage:<{width}} {row.cache:<6} {row.wall_s:>7.1f}s  {row.uri}")
     lines.append(f"total {total_s:.1f}s")
     lines.append(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}")
     lines.append(f"        experiment '{cfg.run.experiment}', run {state.ctx.parent_run_id}")

@@ -69,6 +69,8 @@ class Interval:
     n: int
 
     def __str__(self) -> str:
+        if math.isnan(self.mean):
+            return "–"
         if self.n < 2 or math.isnan(self.half_width):
             return f"{self.mean:.3f}"
         return f"{self.mean:.3f} ± {self.half_width:.3f}"

@@ -78,7 +78,12 @@ class Report:
 
     def table_rows(self) -> list[dict[str, str]]:
         return [{"policy": name, "P(π)": str(mean_ci95(r.p)), "PGR": str(mean_ci95(r.pgr)), "win-rate": str(mean_ci95(r.win)),
-                 "KL(π‖π_ref)": str(mean_ci95(r.kl)), "seeds": str(len(r.p))} for name, r in self.policies.items()]
+                 "KL(π‖π_ref)": str(mean_ci95(r.kl)), "seeds": str(len(r.p))} for name, r in self.ordered()]
+
+    def ordered(self) -> list[tuple[str, PolicyResult]]:
+        """The anchors first (weak, reference, ceiling), then the methods in name order."""
+        rank = {WEAK: 0, REFERENCE: 1, STRONG: 2}
+        return sorted(self.policies.items(), key=lambda item: (rank.get(item[0], 3), item[0]))
 
 
 def _final(table: pa.Table) -> dict[str, float]:
