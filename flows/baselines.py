@@ -22,12 +22,12 @@ from tasks.report import report_task as report
 from tasks.strong_evaluator import strong_evaluator_task as strong_evaluator
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
-from w2s.orchestration import PipelineState, pipeline_run
+from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 
 
-def all_policies(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
-    """Each policy trained and evaluated: label → its evaluation artifact."""
+def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], ArtifactRef]:
+    """Each policy trained and evaluated (label → its evaluation artifact), and EVE's weights."""
     eve = eve_stages(ctx, config)
     trained = {
         "naive_sft": naive_sft(ctx, config, demos=eve.demos, strong=eve.strong),
@@ -38,11 +38,12 @@ def all_policies(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactR
     evaluations = anchor_evaluations(ctx, config, eve) | {"eve": evaluate_eve(ctx, config, eve)}
     for name, policy in trained.items():
         evaluations[name] = evaluate(name)(ctx, config, data=eve.data, policy=policy, kl_ref=eve.strong)
-    return evaluations
+    return evaluations, eve.weights
 
 
 @flow(name="baselines", log_prints=True)
-def baselines(config: PipelineConfig = PipelineConfig(), until: str | None = None) -> PipelineState:
+def baselines(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config.run_context(), "baselines", config.model_dump(mode="json"), until) as run:
-        report(run.ctx, config, evaluations=all_policies(run.ctx, config))
+        evaluations, weights = all_policies(run.ctx, config)
+        report(run.ctx, config, evaluations=evaluations, weights=weights)
     return run

@@ -43,6 +43,7 @@ class EveArtifacts:
     weak: ArtifactRef
     demos: ArtifactRef
     scores: ArtifactRef
+    weights: ArtifactRef
     student: ArtifactRef
 
 
@@ -57,7 +58,7 @@ def eve_stages(ctx: RunContext, config: PipelineConfig) -> EveArtifacts:
     scores = scoring(ctx, config, samples=samples, weak=weak_model, weak_ref=weak_ref_model)
     weights = f_weights(ctx, config, scores=scores)
     eve_student = student(ctx, config, weights=weights, strong=strong)
-    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, eve_student)
+    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, eve_student)
 
 
 def anchor_evaluations(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
@@ -79,5 +80,5 @@ def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -
     with pipeline_run(config.run_context(), "eve", config.model_dump(mode="json"), until) as run:
         stages = eve_stages(run.ctx, config)
         evaluations = anchor_evaluations(run.ctx, config, stages) | {"eve": evaluate_eve(run.ctx, config, stages)}
-        report(run.ctx, config, evaluations=evaluations)
+        report(run.ctx, config, evaluations=evaluations, weights=stages.weights)
     return run

@@ -16,7 +16,7 @@ from tasks.report import report_task as report
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
 from w2s.config_io import with_values
-from w2s.orchestration import PipelineState, pipeline_run
+from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 
 
@@ -31,12 +31,14 @@ def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
     return points
 
 
-def seeded_policies(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
-    evaluations = {}
+def seeded_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], ArtifactRef]:
+    """Every policy on every seed, and the first seed's EVE weights (for the histogram)."""
+    evaluations, first_weights = {}, None
     for seed in config.sweep.seeds:
-        found = all_policies(ctx, with_values(config, **{"run.seed": seed}))
+        found, weights = all_policies(ctx, with_values(config, **{"run.seed": seed}))
         evaluations |= {f"{label},seed={seed}": ref for label, ref in found.items()}
-    return evaluations
+        first_weights = first_weights or weights
+    return evaluations, first_weights
 
 
 def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
@@ -44,7 +46,8 @@ def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(config: PipelineConfig = PipelineConfig(), until: str | None = None) -> PipelineState:
+def sweep(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config.run_context(), "sweep", config.model_dump(mode="json"), until) as run:
-        report(run.ctx, config, evaluations=seeded_policies(run.ctx, config) | swept_eve(run.ctx, config))
+        evaluations, weights = seeded_policies(run.ctx, config)
+        report(run.ctx, config, evaluations=evaluations | swept_eve(run.ctx, config), weights=weights)
     return run

@@ -9,6 +9,7 @@ the report out.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
@@ -27,7 +28,8 @@ class ReportSlice(BaseModel):
     title: str = "Weak-to-strong report"
 
 
-def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef]) -> ArtifactRef:
+def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None) -> ArtifactRef:
+    """`weights`: the EVE weights artifact whose F-weight histogram joins the figures."""
     if not evaluations:
         raise ValueError("the report needs at least one evaluation")
 
@@ -37,6 +39,9 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         result = build_report(tables)
         with writer.folder("figures") as staging:
             names = [path.name for path in plot_report(result, staging)]
+            if weights is not None:
+                shutil.copy2(store.materialise(weights) / "weights_histogram.png", staging / "weights_histogram.png")
+                names.append("weights_histogram.png")
         images = [writer.dir / "figures" / name for name in names]
         markdown = render_markdown(result, images, cfg.title).replace("](", "](figures/")
         writer.write_bytes("report.md", markdown.encode())
@@ -52,7 +57,8 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         print(markdown.split("![")[0])
         return StageOutput(metrics, {"warnings": result.warnings})
 
-    return execute(ctx, STAGE, cfg, {f"evaluations.{label}": ref for label, ref in sorted(evaluations.items())}, body)
+    inputs = {f"evaluations.{label}": ref for label, ref in sorted(evaluations.items())}
+    return execute(ctx, STAGE, cfg, inputs | ({"weights": weights} if weights is not None else {}), body)
 
 
 report_task = StageTask(STAGE, report, select=lambda config: ReportSlice())
