@@ -1,0 +1,105 @@
+"""Stage `strong_evaluator` (baseline, paper §11.1): the strong model only *evaluates* D_weak.
+
+    w2s baselines --config pipeline_config.yaml --until strong_evaluator
+
+Each weak answer (x, y) of D_weak is scored with
+
+    r_strong(x, y) = log π_ref_strong(y|x) − log π_weak_ref(y|x)
+
+(sequence log-probs, sums over the completion's tokens, each model with its own tokenizer and the
+boundary/EOS rule of w2s/scoring.py: a y that stopped includes its EOS), and π_ref_strong is trained
+by weighted MLE on D_weak with weights
+
+    w_i = N · exp(r_i/λ) / Σ_{j=1..N} exp(r_j/λ)      over all N rows of D_weak   (mean 1)
+
+DEVIATION from the paper: §11.1 normalises by Z(x), per prompt. D_weak holds ONE answer per prompt,
+so per-prompt normalisation would make every weight exactly 1, i.e. plain SFT on D_weak (naive SFT).
+The weights are therefore self-normalised over the whole D_weak (Z = the mean of exp(r/λ) over the
+data set), which keeps the paper's intent: rows the strong model finds likelier than the weak
+reference does count more. `baselines.strong_evaluator.inverse_lambda` is 1/λ.
+
+Inputs: `demos` (weak_demos artifact), `strong` (strong_base: scorer and policy start), `weak_ref`
+(weak_sft: π_weak_ref). Output: `weights.parquet` (prompt, completion, finish_reason, both
+log-probs, r_strong, weight; also the training file) plus the model artifact of
+w2s/train_stage.py. Metrics: ESS = (Σw)²/Σw² (N = uniform, 1 = one row takes all), max weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.baseline_data import effective_sample_size, evaluator_weights, read_weak_demos
+from w2s.config import PipelineConfig, StrongEvaluatorConfig
+from w2s.orchestration import StageTask
+from w2s.stage import Stage, StageOutput, execute
+from w2s.tables import model_dir
+from w2s.tracking import RunContext
+from w2s.train_stage import TrainingSlice, run_training
+
+STAGE = Stage("strong_evaluator", version=1)
+
+
+class StrongEvaluatorSlice(TrainingSlice):
+    """A training slice whose section also carries 1/λ (typed here so the cache key includes it)."""
+
+    train: StrongEvaluatorConfig
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig) -> StrongEvaluatorSlice:
+        return cls(train=config.baselines.strong_evaluator, engine=config.engines.training, seed=config.run.seed)
+
+
+def sequence_logps(folder, prompts: list[str], completions: list[str], ended: list[bool]) -> np.ndarray:
+    """log π(y|x) of each row under the model in `folder` (w2s.scoring.score_one: one forward per row;
+    D_weak is small, and the reference path keeps this stage independent of the batched scorer)."""
+    from w2s.models.build import load_pretrained
+    from w2s.scoring import score_one
+
+    model, tokenizer = load_pretrained(folder)
+    model.eval()
+    max_length = model.config.max_position_embeddings
+    out = np.array([score_one(model, tokenizer, p, c, max_length, e) for p, c, e in zip(prompts, completions, ended)])
+    del model
+    return out
+
+
+def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: ArtifactRef, strong: ArtifactRef,
+                     weak_ref: ArtifactRef) -> ArtifactRef:
+    def body(writer, run) -> StageOutput:
+        store = ArtifactStore(ctx.artifact_root)
+        d_weak = read_weak_demos(store.materialise(demos), f"{demos.stage} artifact {demos.uri}")
+        if d_weak.num_rows < cfg.train.batch_size:
+            raise ValueError(f"D_weak has {d_weak.num_rows} rows, fewer than baselines.strong_evaluator.batch_size "
+                             f"{cfg.train.batch_size}: not one full batch")
+        ids, prompts = d_weak.column("prompt_id").to_pylist(), d_weak.column("prompt").to_pylist()
+        responses, finish = d_weak.column("response").to_pylist(), d_weak.column("finish_reason").to_pylist()
+        cut_empty = [pid for pid, r, f in zip(ids, responses, finish) if r == "" and f != "stop"]
+        if cut_empty:
+            raise ValueError(f"D_weak rows {cut_empty[:5]} have an empty response that did not stop: nothing to score or learn")
+        strong_dir, weak_ref_dir = model_dir(strong, store), model_dir(weak_ref, store)
+        ended = [f == "stop" for f in finish]
+        logp_strong = sequence_logps(strong_dir, prompts, responses, ended)
+        logp_weak_ref = sequence_logps(weak_ref_dir, prompts, responses, ended)
+        r_strong = logp_strong - logp_weak_ref
+        bad = np.flatnonzero(~np.isfinite(r_strong))
+        if len(bad):
+            raise ValueError(f"non-finite r_strong for prompt_ids {[ids[i] for i in bad[:5]]}")
+        weights = evaluator_weights(r_strong, cfg.train.inverse_lambda)
+        table = pa.table({
+            "prompt_id": ids, "prompt": prompts, "completion": responses, "finish_reason": finish,
+            "logp_strong_ref": logp_strong, "logp_weak_ref": logp_weak_ref, "r_strong": r_strong,
+            "weight": pa.array(weights, pa.float64()),
+        })
+        writer.write_parquet("weights.parquet", table)
+        metrics = {"rows": len(ids), "ess": effective_sample_size(weights),
+                   "ess_frac": effective_sample_size(weights) / len(ids), "max_weight": float(weights.max()),
+                   "r_strong_mean": float(r_strong.mean()), "r_strong_std": float(r_strong.std())}
+        trained = run_training(writer, run, cfg, "weighted_mle", strong_dir, [writer.path("weights.parquet")])
+        return StageOutput({**trained.metrics, **metrics}, trained.info)
+
+    return execute(ctx, STAGE, cfg, {"demos": demos, "strong": strong, "weak_ref": weak_ref}, body)
+
+
+strong_evaluator_task = StageTask(STAGE, strong_evaluator, select=StrongEvaluatorSlice.from_pipeline)
