@@ -13,7 +13,8 @@ derive_seed(run.seed, "refinement:" + p) with `baselines.refinement` (temperatur
 Policy for a missing rewrite (w2s/baseline_data.refined_completion): a blank rewrite, or a prompt
 skipped as overlong under `on_overlong_prompt: skip`, falls back to the weak answer itself, so the
 SFT data keeps every D_weak row; `fallback_empty` / `fallback_skipped` count them. The SFT prompt is
-the plain task prompt x, as for naive SFT and EVE; a rewrite cut at max_tokens gets no EOS.
+the plain task prompt x, as for naive SFT and EVE; the completion is the rewrite stripped and given
+one leading space (the shape of a TL;DR completion); a rewrite cut at max_tokens gets no EOS.
 """
 
 from __future__ import annotations

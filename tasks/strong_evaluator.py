@@ -16,7 +16,10 @@ DEVIATION from the paper: §11.1 normalises by Z(x), per prompt. D_weak holds ON
 so per-prompt normalisation would make every weight exactly 1, i.e. plain SFT on D_weak (naive SFT).
 The weights are therefore self-normalised over the whole D_weak (Z = the mean of exp(r/λ) over the
 data set), which keeps the paper's intent: rows the strong model finds likelier than the weak
-reference does count more. `baselines.strong_evaluator.inverse_lambda` is 1/λ.
+reference does count more. `baselines.strong_evaluator.inverse_lambda` is 1/λ. Across prompts r
+varies far more than across the K samples of one prompt that EVE normalises over (sequence sums
+over answers of different lengths and posts): at 1/λ = 1 the weights can collapse onto one row.
+Watch the `ess` metric and lower 1/λ until ESS is a useful fraction of N.
 
 Inputs: `demos` (weak_demos artifact), `strong` (strong_base: scorer and policy start), `weak_ref`
 (weak_sft: π_weak_ref). Output: `weights.parquet` (prompt, completion, finish_reason, both
