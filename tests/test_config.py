@@ -112,3 +112,13 @@ def test_cli_config_show_and_validate(tmp_path):
     assert valid.returncode == 0 and "valid" in valid.stdout
     helped = _run_cli("run", "--help", cwd=tmp_path)
     assert helped.returncode == 0 and "--until" in helped.stdout and "resumes" in helped.stdout
+
+
+def test_set_into_an_aliased_yaml_section_changes_only_that_section(tmp_path):
+    from w2s.config_io import load_config
+
+    path = tmp_path / "anchored.yaml"
+    path.write_text("baselines:\n  strong_sft: &t {max_steps: 2}\n  strong_dpo: *t\n  naive_sft: *t\n")
+    cfg = load_config(path, ["baselines.strong_sft.max_steps=7"])
+    assert cfg.baselines.strong_sft.max_steps == 7
+    assert cfg.baselines.strong_dpo.max_steps == 2 and cfg.baselines.naive_sft.max_steps == 2

@@ -49,7 +49,17 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return data
+    return _unshared(data)
+
+
+def _unshared(node: Any) -> Any:
+    """A copy with no shared sub-objects: a YAML anchor (&x / *x) loads as one object referenced
+    twice, so a `--set` into one section would silently change every section that aliases it."""
+    if isinstance(node, dict):
+        return {key: _unshared(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_unshared(value) for value in node]
+    return node
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
