@@ -8,6 +8,7 @@
     w2s sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]"
     w2s report --config pipeline_config.yaml --flow baselines --out reports/
     w2s classification --config configs/classification.yaml [--set aux.alpha_max=0.5 ...]
+    w2s theory --config configs/theory.yaml [--set theory.n_finetune_tasks=20 ...]
 
 Exit codes: 0 done, 1 a stage failed, 2 bad config or arguments (found before any compute, nothing
 written to the artifact root or MLflow).
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Weak-to-strong classification: weak/strong heads, aux confidence loss, bootstrapping, probes, epochs ablation.",
     )
     _add_config_args(classification)
+
+    theory = sub.add_parser("theory", help="run the w2s_theory flow (synthetic misfit vs gain, seed paper 001 §5.3)",
+                            description="Synthetic regression: weak/strong representations, linear heads, misfit vs gain per setting and loss.")
+    _add_config_args(theory, required=False)
     return parser
 
 
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "classification":
             return run_classification(args.config, args.overrides)
+        if args.command == "theory":
+            return run_theory(args.config, args.overrides)
         if args.command == "config":
             cfg = load_config(args.file, args.overrides)
             if args.config_command == "validate":
@@ -157,6 +164,26 @@ def write_report(cfg, flow_name: str, out: str) -> int:
         shutil.copy2(source / name, target / name)
     shutil.copytree(source / "figures", target / "figures", dirs_exist_ok=True)
     print(f"report: {target / 'report.md'} and {target / 'report.html'}")
+    return 0
+
+
+def run_theory(path: str | None, overrides: list[str]) -> int:
+    """`w2s theory`: its config has its own schema (w2s/theory/config.py) around the shared RunConfig."""
+    from w2s.config_io import check_writable_root
+    from w2s.theory.config import load_theory_config
+
+    cfg = load_theory_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
+    check_writable_root(cfg.run.artifact_root)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.w2s_theory import w2s_theory
+
+    started = time.perf_counter()
+    try:
+        state = w2s_theory(config=cfg)
+    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
+        print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(summary_table(state, cfg, time.perf_counter() - started))
     return 0
 
 
