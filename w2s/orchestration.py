@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from pydantic import BaseModel
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
@@ -152,7 +154,7 @@ class StageTask:
         offload = orchestration.offload
         if not offload.enabled or self.stage.name not in offload.stages:
             return False
-        return ArtifactStore(ctx.artifact_root).lookup(self.stage.name, self.stage.key(cfg, inputs)) is None
+        return ArtifactStore(ctx.artifact_root).lookup(self.stage.name, self.stage.key(cfg, artifact_inputs(inputs))) is None
 
     def _report(self, ctx: RunContext, cfg, ref: ArtifactRef, prefect_cached: bool, wall: float) -> None:
         pipeline = _pipeline.get()
@@ -234,6 +236,21 @@ def infrastructure_overrides() -> dict[str, str]:
     return found
 
 
+def json_parameters(value: Any) -> Any:
+    """Flow-run parameters as strict JSON: ±inf / nan become the strings "Infinity", "-Infinity",
+    "NaN", which pydantic reads back as floats (plain JSON has no such numbers, and Prefect's
+    serialiser would turn them into null, which then fails validation, e.g. sweep.beta_over_lambda)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: json_parameters(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_parameters(item) for item in value]
+    return value
+
+
 def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config: PipelineConfig, cfg, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     """Runs one stage as a flow run of `offload.deployment` (deployments/prefect.yaml: eve-stage-gpu)
     and waits for it. The artifact store is the hand-over: both sides compute the same key, so the
@@ -242,15 +259,14 @@ def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config:
 
     flow_run = run_deployment(
         name=offload.deployment,
-        parameters={"stage": stage.name, "config": config.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
-                    "inputs": {name: ref.model_dump(mode="json") for name, ref in inputs.items()}},
+        parameters=json_parameters({"stage": stage.name, "config": config, "ctx": ctx, "inputs": inputs}),
         timeout=offload.timeout_s,
         as_subflow=True,
     )
     if flow_run.state is None or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"offloaded stage {stage.name}: flow run {flow_run.id} ended {state}")
-    ref = ArtifactStore(ctx.artifact_root).lookup(stage.name, stage.key(cfg, inputs))
+    ref = ArtifactStore(ctx.artifact_root).lookup(stage.name, stage.key(cfg, artifact_inputs(inputs)))
     if ref is None:
         raise RuntimeError(f"offloaded stage {stage.name} completed but its artifact is not under {ctx.artifact_root} "
                            "(offload needs an artifact root both sides share, e.g. s3://)")
@@ -261,6 +277,11 @@ def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config:
 def eve_stage(stage: str, config: PipelineConfig, ctx: RunContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     """One stage of the EVE flow on its own (the target of offload): same task, retries and cache."""
     import flows.eve  # noqa: F401  (registers every stage task)
+    # A deployment loads this file by path, as a module of its own: the registry the stage tasks
+    # filled is the one of the importable w2s.orchestration.
+    from w2s.orchestration import STAGE_TASKS as registry
 
+    if stage not in registry:
+        raise ValueError(f"eve-stage: unknown stage {stage!r}; one of {', '.join(registry)}")
     local = config.model_copy(update={"orchestration": config.orchestration.model_copy(update={"offload": OffloadConfig()})})
-    return STAGE_TASKS[stage](ctx.model_copy(update=infrastructure_overrides()), local, **inputs)
+    return registry[stage](ctx.model_copy(update=infrastructure_overrides()), local, **inputs)

@@ -1,0 +1,311 @@
+"""The deployed EVE flow against real servers, as users run it (README: "Run it from the Prefect UI /
+on a cluster"): `prefect server` (sqlite) and `mlflow server` (sqlite) on 127.0.0.1, a process work
+pool, `prefect deploy` of deployments/prefect.yaml, flow runs created through the REST API with
+parameters (what the UI's run form posts), and a process worker `--run-once` executing each.
+
+Checked: the run completes; the same trigger again completes with every stage Cached (Prefect task
+states and MLflow tags agree); a stage made to fail once is retried by the config's retry policy
+and the run completes; MLflow runs read back from the real server; headless Chromium shows the
+deployment's typed parameter form and every stage on the flow run's page (screenshots kept under
+$W2S_TEST_ARTIFACTS, default tests/artifacts/). Every server runs in its own process group and the
+group is killed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.stages import STAGES
+from tests.conftest import REPO
+from tests.integration.servers import free_port, run_in_group, spawn, start, stop
+from w2s.config_io import load_config
+from w2s.orchestration import json_parameters
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+POOL = "local"  # deployments/prefect.yaml: eve-local
+EXPERIMENT = "w2s-prefect-it"
+SCREENSHOTS = Path(os.environ.get("W2S_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.logs = tmp / "logs"
+        self.logs.mkdir()
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.ui = f"http://127.0.0.1:{self.prefect_port}"
+        self.mlflow = f"http://127.0.0.1:{self.mlflow_port}"
+        home = tmp / "prefect-home"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "W2S_"))},
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_UI_URL": self.ui,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.prefect_port),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        self.servers = []
+
+    def cli(self, *argv: str, timeout: float = 300, env: dict | None = None) -> None:
+        log = self.logs / "cli.log"
+        code = run_in_group([str(BIN / argv[0]), *argv[1:]], log, env or self.env, REPO, timeout)
+        assert code == 0, f"{' '.join(argv)} exited {code}:\n{log.read_text()[-4000:]}"
+
+    def up(self) -> None:
+        self.servers.append(start(
+            "prefect-server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)],
+            self.ui, "/api/health", self.logs, self.env, REPO))
+        self.servers.append(start(
+            "mlflow-server", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.mlflow_port), "--workers", "1",
+                              "--backend-store-uri", f"sqlite:///{self.tmp / 'mlflow.db'}",
+                              "--default-artifact-root", (self.tmp / "mlflow-artifacts").as_uri()],
+            self.mlflow, "/health", self.logs, self.env, REPO))
+        self.cli("prefect", "work-pool", "create", POOL, "--type", "process")
+        self.cli("prefect", "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--name", "eve-local")
+        self.deployment = self.get("/deployments/name/eve/eve-local")
+
+    def down(self) -> None:
+        for server in reversed(self.servers):
+            stop(server)
+
+    def get(self, path: str):
+        response = httpx.get(f"{self.api}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict):
+        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def trigger_and_work(self, config: dict, until: str | None, worker_env: dict | None = None, timeout: float = 600) -> dict:
+        """What the UI's Run button does, then one worker pass; returns the finished flow run."""
+        flow_run = self.post(f"/deployments/{self.deployment['id']}/create_flow_run",
+                             {"parameters": {"config": config, "until": until}})
+        self.cli("prefect", "worker", "start", "--pool", POOL, "--type", "process", "--run-once",
+                 timeout=timeout, env={**self.env, **(worker_env or {})})
+        return self.get(f"/flow_runs/{flow_run['id']}")
+
+    def task_runs(self, flow_run_id: str) -> list[dict]:
+        return self.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}, "limit": 200})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(tmp_path_factory.mktemp("prefect-it"))
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+
+
+def tiny_config(stack: Stack, *overrides: str) -> dict:
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        f"run.artifact_root={stack.tmp / 'artifacts'}", f"run.tracking_uri={stack.mlflow}", f"run.experiment={EXPERIMENT}",
+        *overrides,
+    ])
+    return json_parameters(cfg)
+
+
+def _stage_of(task_run: dict) -> str:
+    return task_run["name"].rsplit("-", 1)[0]
+
+
+# The pipeline's own stages (flows/stages.py); the evaluation stages after `student` are left out to
+# keep this test within minutes on 2 cores (they run in tests/test_cli_run.py and `make run`).
+UNTIL = "student"
+RUN_STAGES = STAGES[: STAGES.index(UNTIL) + 1]
+# scoring fails once, right after writing its first shard; the config gives scoring one retry
+FAULT = {"W2S_FAIL_ONCE": "scoring:1"}
+RETRY = ["orchestration.stage_retry={scoring: {retries: 1, delay_s: 1}}"]
+
+
+@pytest.fixture(scope="module")
+def two_runs(stack):
+    """A cold run with a fault (retried), then the identical trigger again."""
+    fault = {**FAULT, "W2S_FAULT_DIR": str(stack.tmp / "faults")}
+    first = stack.trigger_and_work(tiny_config(stack, *RETRY), UNTIL, worker_env=fault)
+    second = stack.trigger_and_work(tiny_config(stack, *RETRY), UNTIL)
+    return first, second
+
+
+def test_ui_triggered_run_completes_retries_the_failed_stage_and_reruns_all_cached(stack, two_runs):
+    first, second = two_runs
+    log = (stack.logs / "cli.log").read_text()[-6000:]
+    assert first["state"]["type"] == "COMPLETED", log
+    assert second["state"]["type"] == "COMPLETED", log
+    cold = {_stage_of(t): t for t in stack.task_runs(first["id"])}
+    warm = {_stage_of(t): t for t in stack.task_runs(second["id"])}
+    assert set(cold) == set(warm) == set(RUN_STAGES)
+    assert {name: t["state"]["name"] for name, t in cold.items()} == dict.fromkeys(RUN_STAGES, "Completed")
+    assert {name: t["state"]["name"] for name, t in warm.items()} == dict.fromkeys(RUN_STAGES, "Cached")
+    # the injected failure fired, and scoring alone ran twice
+    assert (stack.tmp / "faults" / "fired-scoring-1").exists()
+    assert {name: t["run_count"] for name, t in cold.items()} == {**dict.fromkeys(RUN_STAGES, 1), "scoring": 2}
+    assert "InjectedFailure" in log or "injected failure" in (stack.logs / "cli.log").read_text()
+
+
+def test_mlflow_runs_read_back_from_the_server(stack, two_runs):
+    from mlflow.tracking import MlflowClient
+
+    from w2s.artifacts import ArtifactStore
+
+    first, second = two_runs
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    for flow_run, cache in ((first, "miss"), (second, "hit")):
+        mine = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == flow_run["id"]]
+        parents = [r for r in mine if "w2s.stage" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+        assert parents[0].data.tags["prefect.flow_run_url"] == f"{stack.ui}/runs/flow-run/{flow_run['id']}"
+        children = [r for r in mine if "w2s.stage" in r.data.tags]
+        assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+        finished = {r.data.tags["w2s.stage"]: r for r in children if r.info.status == "FINISHED"}
+        assert set(finished) == set(RUN_STAGES)
+        assert {r.data.tags["w2s.cache"] for r in finished.values()} == {cache}
+        failed = [r.data.tags["w2s.stage"] for r in children if r.info.status == "FAILED"]
+        assert failed == (["scoring"] if cache == "miss" else [])
+    # what MLflow holds agrees with the artifact's own manifest
+    weights = finished["weights"]
+    store = ArtifactStore(str(stack.tmp / "artifacts"))
+    manifest = store.read_manifest("weights", weights.data.tags["w2s.key"])
+    assert weights.data.params["beta_over_lambda"] == "1.0"
+    assert manifest.metrics and all(weights.data.metrics[k] == pytest.approx(v) for k, v in manifest.metrics.items())
+
+
+
+def test_offloaded_stage_runs_on_the_stage_deployment(stack, two_runs):
+    """orchestration.offload: weights runs as a flow run of the stage deployment, on another pool
+    and worker (here a process pool standing in for the GPU pool), and the parent run goes on with
+    the artifact that run wrote; what it reads upstream is still Cached locally."""
+    from mlflow.tracking import MlflowClient
+
+    stack.cli("prefect", "work-pool", "create", "gpu-sim", "--type", "process")
+    stack.cli("prefect", "--no-prompt", "deploy", "w2s/orchestration.py:eve_stage", "--name", "eve-stage-sim", "--pool", "gpu-sim",
+              "--no-enforce-parameter-schema")  # as deployments/prefect.yaml: eve-stage-gpu
+    worker = spawn("gpu-sim-worker", [str(BIN / "prefect"), "worker", "start", "--pool", "gpu-sim", "--type", "process"],
+                   stack.logs, stack.env, REPO)
+    stack.servers.append(worker)  # stopped by group with the servers
+    offload = "orchestration.offload={enabled: true, stages: [weights], deployment: eve-stage/eve-stage-sim}"
+    parent = stack.trigger_and_work(tiny_config(stack, "weights.beta_over_lambda=3", offload), "weights")
+    assert parent["state"]["type"] == "COMPLETED", (stack.logs / "cli.log").read_text()[-4000:] + worker.tail()
+    local = {_stage_of(t): t["state"]["name"] for t in stack.task_runs(parent["id"])}
+    assert local == dict.fromkeys(RUN_STAGES[: RUN_STAGES.index("weights")], "Cached"), local
+    remote = stack.post("/flow_runs/filter", {"deployments": {"name": {"any_": ["eve-stage-sim"]}}})
+    assert len(remote) == 1 and remote[0]["state"]["type"] == "COMPLETED"
+    assert remote[0]["parameters"]["stage"] == "weights"
+    assert {_stage_of(t): t["state"]["name"] for t in stack.task_runs(remote[0]["id"])} == {"weights": "Completed"}
+    # the remote stage's MLflow run sits under the parent flow run's MLflow run, with β/λ = 3
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{parent['id']}'")
+    weights = [r for r in runs if r.data.tags.get("w2s.stage") == "weights"]
+    assert len(weights) == 1 and weights[0].data.params["beta_over_lambda"] == "3.0"
+    assert weights[0].data.tags["w2s.cache"] == "miss" and weights[0].info.status == "FINISHED"
+    parent_runs = [r for r in runs if "w2s.stage" not in r.data.tags]
+    assert weights[0].data.tags["mlflow.parentRunId"] == parent_runs[0].info.run_id
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# The flags that make Debian's chromium start cleanly as root on a machine with no outside network.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Reads the value of a leaf field of Prefect's schema form, found by its label.
+FORM_VALUES = r"""labels => labels.map(text => {
+  const span = [...document.querySelectorAll('.schema-form-property__label')]
+    .find(s => s.textContent.replace(/\(Optional\)/, '').trim() === text);  // first in form order
+  if (!span) return null;
+  const input = span.closest('.schema-form-property').querySelector('.p-label__body input, .p-label__body select, .p-label__body textarea');
+  return input ? input.value : null;
+})"""
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def _dismiss_popup(page) -> None:
+    """The community sign-up pop-up a fresh server shows once."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+
+
+def _screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / ".gitignore").write_text("*\n")  # test output, never committed
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def test_prefect_ui_shows_typed_form_and_every_stage(stack, two_runs, browser_page):
+    from w2s.config import PipelineConfig
+
+    page = browser_page
+    # The deployment's custom-run form: typed fields of the pydantic config, defaulting to
+    # pipeline_config.yaml (48 student prompts there, 128 in the schema defaults).
+    embedded = load_config(REPO / "pipeline_config.yaml")
+    assert embedded.data.n_student != PipelineConfig().data.n_student
+    page.goto(f"{stack.ui}/deployments/deployment/{stack.deployment['id']}/run", wait_until="networkidle", timeout=120_000)
+    page.wait_for_selector(".schema-form-property__label", timeout=60_000)
+    labels = ["N Student", "N Preference", "Artifact Root", "Beta Over Lambda"]  # data.*, run.*, weights.*
+    values = page.evaluate(FORM_VALUES, labels)
+    assert values == [str(embedded.data.n_student), str(embedded.data.n_preference), embedded.run.artifact_root,
+                      f"{embedded.weights.beta_over_lambda:g}"], values
+    assert page.locator("input[type=number]").count() > 20  # a typed form, not one JSON box
+    _dismiss_popup(page)
+    _screenshot(page, "prefect-ui-run-form.png")
+    # Submitting the form as it stands (the UI's Run) gives parameters that the flow reads back as
+    # exactly pipeline_config.yaml. The run is deleted unexecuted: the form is what is under test.
+    page.get_by_role("button", name="Submit").click()
+    page.wait_for_url(re.compile(r".*/runs/flow-run/[0-9a-f-]+$"), timeout=60_000)
+    ui_run = stack.get(f"/flow_runs/{page.url.rsplit('/', 1)[1]}")
+    httpx.delete(f"{stack.api}/flow_runs/{ui_run['id']}", timeout=30).raise_for_status()
+    assert ui_run["deployment_id"] == stack.deployment["id"]
+    assert PipelineConfig.model_validate(ui_run["parameters"]["config"]) == embedded
+
+    # The first flow run's page lists every stage (Task Runs tab) and shows the run Completed.
+    first, _ = two_runs
+    page.goto(f"{stack.ui}/runs/flow-run/{first['id']}", wait_until="networkidle", timeout=120_000)
+    _dismiss_popup(page)
+    page.get_by_text("Task Runs", exact=True).first.click()
+    page.wait_for_selector(f"text={len(RUN_STAGES)} Task runs", timeout=60_000)
+    listed = page.locator("a", has_text="-").all_inner_texts()
+    shown = {name.rsplit("-", 1)[0] for name in listed if name.rsplit("-", 1)[0] in RUN_STAGES}
+    assert shown == set(RUN_STAGES), listed
+    assert page.get_by_text("Completed").count() >= len(RUN_STAGES)
+    _screenshot(page, "prefect-ui-flow-run.png")
