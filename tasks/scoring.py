@@ -1,7 +1,7 @@
 """Stage `scoring` (EVE stage 4): log π_weak(y|x) and log π_weak_ref(y|x) of every sampled row.
 
 Adds `logp_weak, logp_weak_ref, n_tokens_weak, truncated` to the sample shards (w2s/scoring.py has
-the boundary, truncation and KV-reuse rules). Resumes shard by shard after a kill.
+the boundary, truncation and prompt-sharing rules). Resumes shard by shard after a kill.
 
     w2s run --config pipeline_config.yaml --until scoring
 """
@@ -20,7 +20,7 @@ from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
 from w2s.orchestration import StageTask
-from w2s.scoring import length_buckets, score_batch, tokenise_group
+from w2s.scoring import score_groups, tokenise_group
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
@@ -42,17 +42,13 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
     n = table.num_rows
     logp = [[0.0] * n for _ in models]
     n_tokens, truncated = [0] * n, [False] * n
-    for batch in length_buckets(groups, cfg.batch_tokens):
-        scores = score_batch(models, [groups[i] for i in batch], tokenizer.pad_token_id)
-        for slot, gi in enumerate(batch):
-            rows = groups_rows[keys[gi]]
-            for j, row in enumerate(rows):
-                for m in range(len(models)):
-                    logp[m][row] = scores[m][slot][j]
-                n_tokens[row] = len(groups[gi].completion_ids[j])
-                truncated[row] = groups[gi].truncated[j]
-            if progress is not None:
-                progress.update(len(rows))
+    scores = score_groups(models, groups, tokenizer.pad_token_id, cfg.batch_tokens, progress=progress)
+    for gi, key in enumerate(keys):
+        for j, row in enumerate(groups_rows[key]):
+            for m in range(len(models)):
+                logp[m][row] = scores[m][gi][j]
+            n_tokens[row] = len(groups[gi].completion_ids[j])
+            truncated[row] = groups[gi].truncated[j]
     return (table.append_column("logp_weak", pa.array(logp[0], pa.float64()))
             .append_column("logp_weak_ref", pa.array(logp[1], pa.float64()))
             .append_column("n_tokens_weak", pa.array(n_tokens, pa.int32()))

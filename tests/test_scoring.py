@@ -13,7 +13,7 @@ import torch
 from tests.conftest import shard_artifact
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
-from w2s.scoring import score_one, split_completion, tokenise_group
+from w2s.scoring import plan_packs, score_groups, score_one, split_completion, tokenise_group
 from w2s.stage import Stage, StageOutput, execute
 
 PROMPTS = [
@@ -84,6 +84,22 @@ def test_stage_scores_equal_per_sample_forward(ctx, tmp_path, request, fixture):
         assert row["n_tokens_weak"] == len(split_completion(tokenizer, row["prompt"], row["completion"])[1]) + ended
         assert not row["truncated"]
     assert not np.allclose(out.column("logp_weak").to_numpy(), out.column("logp_weak_ref").to_numpy())
+
+
+def test_packed_rows_never_see_their_siblings(tiny_char_model_dir):
+    """Packs split mid-group, duplicate, empty and EOS-only completions: each row scores like its own pass."""
+    model, tokenizer = load_pretrained(tiny_char_model_dir)
+    completions = [" roommate", " roommate", "", "", " kitchen never cleaned", " k"]
+    ended = [True, True, False, True, False, True]
+    groups = [tokenise_group(tokenizer, PROMPTS[0], completions, 4096, ended),
+              tokenise_group(tokenizer, PROMPTS[1], COMPLETIONS[1], 4096)]
+    pack_tokens = len(groups[0].prompt_ids) + 25
+    assert len(plan_packs(groups, pack_tokens)) > len(groups)  # the first group spans several packs
+    scores = score_groups([model], groups, tokenizer.pad_token_id, batch_tokens=300, pack_tokens=pack_tokens)[0]
+    expected = [[score_one(model, tokenizer, PROMPTS[0], c, 4096, e) for c, e in zip(completions, ended)],
+                [score_one(model, tokenizer, PROMPTS[1], c, 4096) for c in COMPLETIONS[1]]]
+    assert np.allclose(scores[0], expected[0], atol=1e-4) and np.allclose(scores[1], expected[1], atol=1e-4)
+    assert scores[0][2] == 0.0 and scores[0][3] < 0  # nothing to score vs the EOS alone
 
 
 def test_score_one_is_an_independent_sum_of_token_logprobs(tiny_char_model_dir):

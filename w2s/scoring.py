@@ -16,9 +16,13 @@ Truncation to the model's context (`max_length`): the prompt loses tokens from i
 (the task instruction "TL;DR:" at its end is kept); only a completion that alone exceeds the context
 loses its tail. Rows touched are flagged `truncated`; `n_tokens_weak` counts the tokens scored.
 
-Speed: the K completions of a prompt share it, so each batch runs the prompts once (right-padded,
-`use_cache`) and the K completions on top of their prompt's KV cache, expanded K-fold; prompts are
-bucketed by length under a token budget. Both weak models score the same tokenised batch.
+Speed: the K completions of a prompt share it, so the prompt and its K completions are packed into
+one sequence under a block-diagonal mask (`score_packs`): one forward pass scores all K, the prompt is
+computed once and no KV cache is copied K-fold. The LM head (28 M of SmolLM2-135M's 135 M weights)
+runs only on the positions that predict a completion token (each distinct one once), in chunks, so
+the full-vocabulary log-softmax never covers a prompt or padding position. Packs are bucketed by
+length under a token budget; both weak models score the same tokenised batch. Against a per-sample
+forward pass: bench/scoring.py.
 """
 
 from __future__ import annotations
@@ -67,68 +71,128 @@ def tokenise_group(tokenizer, prompt: str, completions: list[str], max_length: i
     return ScoredGroup(prompt_ids, completion_ids, truncated)
 
 
-def length_buckets(groups: list[ScoredGroup], batch_tokens: int) -> list[list[int]]:
-    """Indices of groups per batch: sorted by length, each batch's padded size under the budget."""
-    order = sorted(range(len(groups)), key=lambda i: (len(groups[i].prompt_ids), max(map(len, groups[i].completion_ids))))
-    batches, current, lp, lc, rows = [], [], 0, 0, 0
-    for i in order:
-        g = groups[i]
-        new_lp, new_lc = max(lp, len(g.prompt_ids)), max(lc, max(map(len, g.completion_ids)) or 1)
-        new_rows = rows + len(g.completion_ids)
-        cost = (len(current) + 1) * new_lp + new_rows * (new_lp + new_lc)
-        if current and cost > batch_tokens:
+PACK_TOKENS = 2048  # most tokens in one packed sequence: bounds its L×L mask; more completions start a new pack
+HEAD_CHUNK = 512  # positions per LM-head matmul: bounds the fp32 (positions × vocab) logits block
+
+
+@dataclass
+class Pack:
+    """One prompt and some of its completions, packed into one sequence (`length` tokens fed)."""
+
+    group: int
+    rows: list[int]
+    length: int
+
+
+def plan_packs(groups: list[ScoredGroup], max_tokens: int = PACK_TOKENS) -> list[Pack]:
+    """All K completions of a prompt share one sequence unless that would exceed `max_tokens`.
+
+    A completion's last token is scored but never fed (it predicts nothing)."""
+    packs = []
+    for gi, g in enumerate(groups):
+        if not g.prompt_ids:
+            raise ValueError("scoring needs at least one prompt token to predict the first completion token")
+        rows, length = [], len(g.prompt_ids)
+        for k, ids in enumerate(g.completion_ids):
+            fed = max(len(ids) - 1, 0)
+            if rows and length + fed > max_tokens:
+                packs.append(Pack(gi, rows, length))
+                rows, length = [], len(g.prompt_ids)
+            rows.append(k)
+            length += fed
+        packs.append(Pack(gi, rows, length))
+    return packs
+
+
+def length_buckets(packs: list[Pack], batch_tokens: int) -> list[list[Pack]]:
+    """Packs sorted by length, each batch's padded size (rows × longest) under the budget."""
+    batches, current = [], []
+    for pack in sorted(packs, key=lambda p: p.length):
+        if current and (len(current) + 1) * pack.length > batch_tokens:
             batches.append(current)
-            current, lp, lc, rows = [], 0, 0, 0
-            new_lp, new_lc, new_rows = len(g.prompt_ids), max(map(len, g.completion_ids)) or 1, len(g.completion_ids)
-        current.append(i)
-        lp, lc, rows = new_lp, new_lc, new_rows
+            current = []
+        current.append(pack)
     if current:
         batches.append(current)
     return batches
 
 
-@torch.no_grad()
-def score_batch(models: list, groups: list[ScoredGroup], pad_id: int, device: str = "cpu") -> list[list[list[float]]]:
+def score_groups(models: list, groups: list[ScoredGroup], pad_id: int, batch_tokens: int, device: str = "cpu",
+                 progress=None, pack_tokens: int = PACK_TOKENS) -> list[list[list[float]]]:
     """Per model, per group, the summed completion log-prob of each row."""
-    n_prompts = len(groups)
-    lp = max(len(g.prompt_ids) for g in groups)
-    lc = max(1, max(len(c) for g in groups for c in g.completion_ids))
-    prompt = torch.full((n_prompts, lp), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((n_prompts, lp), dtype=torch.long)
-    owners, rows, row_mask = [], [], []
-    for gi, g in enumerate(groups):
-        prompt[gi, : len(g.prompt_ids)] = torch.tensor(g.prompt_ids)
-        prompt_mask[gi, : len(g.prompt_ids)] = 1
-        for ids in g.completion_ids:
-            owners.append(gi)
-            rows.append(ids + [pad_id] * (lc - len(ids)))
-            row_mask.append([1] * len(ids) + [0] * (lc - len(ids)))
-    owner = torch.tensor(owners)
-    completion = torch.tensor(rows, dtype=torch.long)
-    completion_mask = torch.tensor(row_mask, dtype=torch.long)
-    prompt_len = prompt_mask.sum(1)
-    positions = prompt_len[owner, None] + torch.arange(lc)[None, :]
+    out = [[[0.0] * len(g.completion_ids) for g in groups] for _ in models]
+    for batch in length_buckets(plan_packs(groups, pack_tokens), batch_tokens):
+        values = score_packs(models, groups, batch, pad_id, device)
+        for m, per_model in enumerate(values):
+            slots = ((pack.group, k) for pack in batch for k in pack.rows)
+            for (gi, k), value in zip(slots, per_model):
+                out[m][gi][k] = value
+        if progress is not None:
+            progress.update(sum(len(pack.rows) for pack in batch))
+    return out
+
+
+@torch.inference_mode()
+def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_id: int, device: str = "cpu") -> list[list[float]]:
+    """Per model, the summed log-prob of each row of `packs` (in pack order): one forward pass per model.
+
+    Each packed sequence is the prompt, then its completions back to back. A block-diagonal causal mask
+    lets a completion token see the prompt and its own earlier tokens, never a sibling, and its position
+    ids restart where the prompt ends, so every token sees exactly what it would in prompt + completion
+    alone. The LM head runs only on the positions that predict a completion token."""
+    n, width = len(packs), max(p.length for p in packs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((n, width), dtype=torch.long)
+    segment = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, s ≥ 1 the s-th completion, -1 padding
+    source, target, owner = [], [], []  # flat position predicting each scored token, the token, its row
+    row = 0
+    for b, pack in enumerate(packs):
+        g = groups[pack.group]
+        prompt_len = len(g.prompt_ids)
+        seq, seg, pos = list(g.prompt_ids), [0] * prompt_len, list(range(prompt_len))
+        for s, k in enumerate(pack.rows, start=1):
+            c = g.completion_ids[k]
+            if c:  # token 0 is predicted by the prompt's last position, token t by fed token t - 1
+                source += [b * width + prompt_len - 1] + list(range(b * width + len(seq), b * width + len(seq) + len(c) - 1))
+                target += c
+                owner += [row] * len(c)
+                seq += c[:-1]
+                seg += [s] * (len(c) - 1)
+                pos += range(prompt_len, prompt_len + len(c) - 1)
+            row += 1
+        ids[b, : len(seq)] = torch.tensor(seq)
+        positions[b, : len(pos)] = torch.tensor(pos)
+        segment[b, : len(seg)] = torch.tensor(seg)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    query, key = segment[:, :, None], segment[:, None, :]
+    allowed = (causal & ((key == 0) | (key == query)))[:, None]  # padding sees padding: no empty softmax row
+    # Each distinct predicting position goes through the LM head once (the prompt's last one serves all K).
+    where, slot = torch.unique(torch.tensor(source, dtype=torch.long), return_inverse=True)
+    target_t, owner_t = torch.tensor(target, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
     results = []
     for model in models:
-        # Only each prompt's last position feeds a score: skip the LM head everywhere else.
-        keep, slot = torch.unique(prompt_len - 1, return_inverse=True)
-        out = model(input_ids=prompt.to(device), attention_mask=prompt_mask.to(device), use_cache=True,
-                    logits_to_keep=keep.to(device))
-        last_logits = out.logits[torch.arange(n_prompts), slot.to(device)]  # predicts completion token 0
-        cache = out.past_key_values
-        cache.reorder_cache(owner.to(device))  # row r reuses its prompt's KV: index-select, no recompute
-        attention = torch.cat([prompt_mask[owner], completion_mask], dim=1).to(device)
-        logits = model(input_ids=completion.to(device), attention_mask=attention, position_ids=positions.to(device),
-                       past_key_values=cache, use_cache=False).logits
-        # token t of the completion is predicted by position t-1; token 0 by the prompt's last position
-        predictive = torch.cat([last_logits[owner].unsqueeze(1), logits[:, :-1]], dim=1).float()
-        token_logp = predictive.log_softmax(-1).gather(-1, completion.to(device).unsqueeze(-1)).squeeze(-1)
-        sums = (token_logp * completion_mask.to(device)).sum(1).cpu().tolist()
-        per_group = [[] for _ in groups]
-        for gi, value in zip(owners, sums):
-            per_group[gi].append(value)
-        results.append(per_group)
+        _check_plain_head(model)
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                  position_ids=positions.to(device), use_cache=False).last_hidden_state
+        hidden = hidden.reshape(n * width, -1)[where.to(device)]
+        token_logp = torch.empty(len(target), dtype=torch.float32)
+        head = model.get_output_embeddings()
+        for lo in range(0, len(where), HEAD_CHUNK):
+            logp = head(hidden[lo : lo + HEAD_CHUNK]).float().log_softmax(-1)  # rounds as a per-sample pass does
+            picked = ((slot >= lo) & (slot < lo + HEAD_CHUNK)).nonzero().squeeze(1)
+            token_logp[picked] = logp[(slot[picked] - lo).to(device), target_t[picked].to(device)].cpu()
+        sums = torch.zeros(row, dtype=torch.float64).index_add_(0, owner_t, token_logp.double())
+        results.append(sums.tolist())
     return results
+
+
+def _check_plain_head(model) -> None:
+    """The LM head is applied by hand, so a model that rescales logits after it would be scored wrong."""
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        raise NotImplementedError(f"scoring applies the LM head itself; {config.model_type} rescales its logits")
 
 
 @torch.no_grad()
