@@ -13,6 +13,7 @@ Core logic: w2s/classification/.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,13 +68,19 @@ def _write(writer, results) -> None:
     writer.write_json("results.json", results)
 
 
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics for the manifest/MLflow: an undefined PGR (no weak–ceiling gap) is NaN, which the
+    manifest cannot hold; it stays in results.json."""
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
 # ------------------------------------------------------------------------------------------ stages
 def cls_data(ctx: RunContext, cfg: ClsDataConfig) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
         table = build_table(cfg)
         writer.write_parquet("examples.parquet", table)
         labels = np.asarray(table.column("label").to_pylist())
-        return StageOutput({"rows": table.num_rows, "positive_rate": float(labels.mean())})
+        return StageOutput(finite({"rows": table.num_rows, "positive_rate": float(labels.mean())}))
 
     return execute(ctx, DATA, cfg, {}, body)
 
@@ -99,7 +106,7 @@ def cls_weak_teacher(ctx: RunContext, cfg: TeacherSlice, data: ArtifactRef, weak
         metrics = summary(out["p_test"], view.y_test, cfg.ece_bins)
         metrics["label_acc_b"] = float(np.mean((out["p_b"] >= 0.5) == view.y_b))
         _write(writer, metrics)
-        return StageOutput(metrics)
+        return StageOutput(finite(metrics))
 
     return execute(ctx, TEACHER, cfg, {"data": data, "weak_features": weak_features}, body)
 
@@ -109,7 +116,7 @@ def cls_ceiling(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_fe
         metrics, p = ex.ceiling(views(ctx, data, strong_features), cfg.head, seeds_of(cfg), cfg.evaluation.ece_bins)
         np.save(writer.path("p_test.npy"), p, allow_pickle=False)
         _write(writer, metrics)
-        return StageOutput(metrics)
+        return StageOutput(finite(metrics))
 
     return execute(ctx, CEILING, cfg, {"data": data, "strong_features": strong_features}, body)
 
@@ -130,7 +137,7 @@ def cls_w2s(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_featur
         np.save(writer.path("p_test_ce.npy"), p_naive, allow_pickle=False)
         np.save(writer.path("p_test_aux.npy"), p_aux, allow_pickle=False)
         _write(writer, {"ce": naive, "aux": aux})
-        return StageOutput({f"ce_{k}": v for k, v in naive.items()} | {f"aux_{k}": v for k, v in aux.items()})
+        return StageOutput(finite({f"ce_{k}": v for k, v in naive.items()} | {f"aux_{k}": v for k, v in aux.items()}))
 
     inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
     return execute(ctx, W2S, cfg, inputs, body)
@@ -146,7 +153,7 @@ def cls_bootstrap(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_
                 for seed in seeds_of(cfg)]
         steps = [{"model": name, **ex.mean_rows([r[i] for r in runs])} for i, name in enumerate(names)]
         _write(writer, {"steps": steps})
-        return StageOutput({f"{s['model']}_{k}": v for s in steps for k, v in s.items() if k != "model"})
+        return StageOutput(finite({f"{s['model']}_{k}": v for s in steps for k, v in s.items() if k != "model"}))
 
     inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
     return execute(ctx, BOOTSTRAP, cfg, inputs, body)
@@ -158,7 +165,7 @@ def cls_probes(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_fea
         ft = cfg.head.model_copy(update={"kind": "mlp"})
         metrics = ex.probes(views(ctx, data, strong_features), load_npy(ctx, teacher, "p_b.npy"), lp, ft, seeds_of(cfg))
         _write(writer, metrics)
-        return StageOutput(metrics)
+        return StageOutput(finite(metrics))
 
     return execute(ctx, PROBES, cfg, {"data": data, "strong_features": strong_features, "teacher": teacher}, body)
 
@@ -173,7 +180,7 @@ def cls_epochs(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_fea
         for row in rows:
             run.log_metrics({"acc": row["acc"], "ece": row["ece"]}, step=int(row["epochs"]))
         _write(writer, {"rows": rows})
-        return StageOutput({f"acc_ep{int(r['epochs'])}": r["acc"] for r in rows} | {f"ece_ep{int(r['epochs'])}": r["ece"] for r in rows})
+        return StageOutput(finite({f"acc_ep{int(r['epochs'])}": r["acc"] for r in rows} | {f"ece_ep{int(r['epochs'])}": r["ece"] for r in rows}))
 
     inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
     return execute(ctx, EPOCHS, cfg, inputs, body)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from tasks.classification import read_json
+from tasks.classification import finite, read_json
 from w2s.artifacts import ArtifactRef
 from w2s.classification.config import ClsEvalConfig
 from w2s.classification.report import markdown, plot_epochs, plot_pgr, plot_probes, summarise
@@ -29,7 +29,7 @@ def cls_report(ctx: RunContext, cfg: ClsEvalConfig, teacher: ArtifactRef, ceilin
             run.log_artifact(writer.path(name))
         metrics = {"acc_weak": s["weak"]["acc"], "acc_ceiling": s["ceiling"]["acc"], "pgr_ce": s["w2s_ce"]["pgr"],
                    "pgr_aux": s["w2s_aux"]["pgr"], "pgr_bootstrap": s["bootstrap_final"]["pgr"]}
-        return StageOutput(metrics)
+        return StageOutput(finite(metrics))
 
     inputs = {"teacher": teacher, "ceiling": ceiling, "w2s": w2s, "bootstrap": bootstrap, "probes": probes, "epochs": epochs}
     return execute(ctx, REPORT, cfg, inputs, body)
