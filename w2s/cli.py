@@ -167,6 +167,29 @@ def write_report(cfg, flow_name: str, out: str) -> int:
     return 0
 
 
+def run_classification(path: str, overrides: list[str]) -> int:
+    """`w2s classification`: flows/w2s_classification.py on its own schema (w2s/classification/config.py)."""
+    from w2s.classification.config import load_classification_config
+    from w2s.config_io import check_writable_root
+
+    cfg = load_classification_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
+    check_writable_root(cfg.run.artifact_root)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.w2s_classification import w2s_classification
+
+    started = time.perf_counter()
+    try:
+        state = w2s_classification(config=cfg)
+    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
+        print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(summary_table(state, cfg, time.perf_counter() - started))
+    report = next((row.uri for row in state.rows if row.stage == "cls_report"), None)
+    if report:
+        print(f"report: {report}/report.md")
+    return 0
+
+
 def run_theory(path: str | None, overrides: list[str]) -> int:
     """`w2s theory`: its config has its own schema (w2s/theory/config.py) around the shared RunConfig."""
     from w2s.config_io import check_writable_root
