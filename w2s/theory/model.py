@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 DTYPE = torch.float64
+NOISE = 1e-13  # float64 resolution of an objective that sums a thousand terms of size ~ log n
 
 
 def generator(seed: int, *tag: object) -> torch.Generator:
@@ -133,20 +134,20 @@ def _newton_heads(loss: str, features: torch.Tensor, labels: torch.Tensor, max_i
         floor = 1e-9 * eig.abs().amax(dim=1, keepdim=True).clamp(min=1e-300)
         coef = (vec.transpose(1, 2) @ g[..., None]).squeeze(-1) / eig.abs().clamp(min=floor)
         step = -(vec @ coef[..., None]).squeeze(-1)
-        # Newton decrement (the predicted decrease) against the objective's absolute float resolution
-        # (it sums n terms of size ~ log n): below it a task is as good as it gets
-        done |= -(g * step).sum(dim=-1) <= 1e-14
+        # Newton decrement (the predicted decrease): iterate far below the objective's float resolution,
+        # since gain = misfit identities are first order in the gradient left at the strong head
+        done |= -(g * step).sum(dim=-1) <= 1e-26
         if done.all():
             break
         size = torch.ones(theta.shape[0], 1, dtype=DTYPE)
-        for _ in range(30):  # per-task backtracking until the objective does not increase
+        for _ in range(30):  # per-task backtracking; a rise within rounding (sums of n terms ~ log n) is no rise
             trial = objective(loss, labels, (theta + size * step) @ features.T)
-            worse = ~done & ~(trial <= value)
+            worse = ~done & ~(trial <= value + NOISE)
             if not worse.any():
                 break
             size = torch.where(worse[:, None], size / 2, size)
-        keep = ~done & (trial <= value)
-        done |= ~keep  # no decrease even for a tiny step: at the optimum up to rounding
+        keep = ~done & (trial <= value + NOISE)
+        done |= ~keep  # no step is accepted: at the optimum up to rounding
         theta = torch.where(keep[:, None], theta + size * step, theta)
         value = torch.where(keep, trial, value)
     return theta
@@ -176,7 +177,8 @@ def _kl_grad_hessian(loss: str, features: torch.Tensor, labels: torch.Tensor, th
 
 
 def pretrain(rep: MLP, loss: str, x: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, gen: torch.Generator) -> MLP:
-    """Train representation and one linear head per pre-training task jointly (full-batch Adam) on the
+    """Train representation and one linear head per pre-training task jointly (full-batch Adam, cosine
+    learning-rate decay) on the
     mean objective over tasks; returns the trained representation (heads are thrown away)."""
     rep = rep.detached()
     params = rep.parameters()
@@ -184,8 +186,10 @@ def pretrain(rep: MLP, loss: str, x: torch.Tensor, labels: torch.Tensor, steps: 
     for p in (*params, heads):
         p.requires_grad_(True)
     opt = torch.optim.Adam([*params, heads], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)  # decay: deep nets jitter at a fixed lr
     for _ in range(steps):
         opt.zero_grad()
         objective(loss, labels, heads @ rep(x).T).mean().backward()
         opt.step()
+        schedule.step()
     return rep.detached()
