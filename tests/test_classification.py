@@ -184,3 +184,15 @@ def test_tiny_flow_runs_reports_and_its_rerun_is_cached(tmp_path):
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     artifacts = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
     assert {"pgr.png", "epochs.png", "probes.png", "report.md"} <= artifacts
+
+
+def test_cli_rejects_a_bad_classification_config_before_any_compute(tmp_path, capsys):
+    from w2s.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"run: {{artifact_root: {tmp_path / 'art'}}}\naux: {{alpha_max: 2}}\n")
+    assert main(["classification", "--config", str(config)]) == 2
+    assert "aux.alpha_max" in capsys.readouterr().err
+    assert main(["classification", "--config", str(config), "--set", "aux.alpha_max=0.5", "--set", "data.n_tests=3"]) == 2
+    assert "data.n_tests: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "art").exists()
