@@ -18,15 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
 from w2s.generation import Engine, Request, derive_seed, resolve_backend
-from w2s.generation.requests import effective_context
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
+from w2s.scoring import score_rows
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
@@ -72,19 +71,6 @@ def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, di
     return {r.request_id: r for r in result.records}
 
 
-def sequence_logps(model_path: Path, prompts: list[str], completions: list[str], ended: list[bool], max_length: int | None,
-                   label: str = "") -> np.ndarray:
-    """log π(y|x) summed over completion tokens, one pass per sample (N is small: the test set)."""
-    from w2s.models.build import load_pretrained
-    from w2s.scoring import score_one
-
-    model, tokenizer = load_pretrained(model_path)
-    model.eval()
-    length = max_length or effective_context(model_path, None)
-    return np.array([score_one(model, tokenizer, p, c, length, e)
-                     for p, c, e in tqdm(list(zip(prompts, completions, ended)), desc=f"log-probs {label or model_path.parent.name}", leave=False)])
-
-
 def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
                     kl_ref: ArtifactRef | None = None) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
@@ -112,8 +98,9 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: Art
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
-                logp = sequence_logps(point["path"], prompts, responses, ended, None, f"{stage.name} {point['name']}")
-                logp_ref = sequence_logps(ref_path, prompts, responses, ended, None, f"{kl_ref.stage} (KL reference)")
+                batch = cfg.evaluation.score_batch_tokens
+                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{stage.name} {point['name']}"))
+                logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)"))
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))

@@ -36,6 +36,7 @@ from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.baseline_data import effective_sample_size, evaluator_weights, read_weak_demos
 from w2s.config import PipelineConfig, StrongEvaluatorConfig
 from w2s.orchestration import StageTask
+from w2s.scoring import score_rows
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
@@ -54,20 +55,6 @@ class StrongEvaluatorSlice(TrainingSlice):
         return cls(train=config.baselines.strong_evaluator, engine=config.engines.training, seed=config.run.seed)
 
 
-def sequence_logps(folder, prompts: list[str], completions: list[str], ended: list[bool]) -> np.ndarray:
-    """log π(y|x) of each row under the model in `folder` (w2s.scoring.score_one: one forward per row;
-    D_weak is small, and the reference path keeps this stage independent of the batched scorer)."""
-    from w2s.models.build import load_pretrained
-    from w2s.scoring import score_one
-
-    model, tokenizer = load_pretrained(folder)
-    model.eval()
-    max_length = model.config.max_position_embeddings
-    out = np.array([score_one(model, tokenizer, p, c, max_length, e) for p, c, e in zip(prompts, completions, ended)])
-    del model
-    return out
-
-
 def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: ArtifactRef, strong: ArtifactRef,
                      weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
@@ -83,8 +70,8 @@ def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: Artifact
             raise ValueError(f"D_weak rows {cut_empty[:5]} have an empty response that did not stop: nothing to score or learn")
         strong_dir, weak_ref_dir = model_dir(strong, store), model_dir(weak_ref, store)
         ended = [f == "stop" for f in finish]
-        logp_strong = sequence_logps(strong_dir, prompts, responses, ended)
-        logp_weak_ref = sequence_logps(weak_ref_dir, prompts, responses, ended)
+        logp_strong = np.array(score_rows(strong_dir, prompts, responses, ended, label="π_ref_strong"))
+        logp_weak_ref = np.array(score_rows(weak_ref_dir, prompts, responses, ended, label="π_weak_ref"))
         r_strong = logp_strong - logp_weak_ref
         bad = np.flatnonzero(~np.isfinite(r_strong))
         if len(bad):

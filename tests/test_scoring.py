@@ -162,3 +162,15 @@ def test_killed_scoring_resumes_from_finished_shards(ctx, tmp_path, tiny_char_mo
     after = os.stat(first_shard)
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # not rewritten
     assert ref.rows == table.num_rows
+
+
+def test_score_rows_equals_per_row_score_one(tiny_char_model_dir):
+    from w2s.models.build import load_pretrained
+    from w2s.scoring import score_one, score_rows
+
+    prompts = ["Post: a cat sat\nTL;DR:", "Post: dogs bark at night, loudly\nTL;DR:", "x"]
+    completions = [" cat sat", " dogs bark", ""]
+    ended = [True, False, True]
+    model, tokenizer = load_pretrained(tiny_char_model_dir)
+    expected = [score_one(model, tokenizer, p, c, model.config.max_position_embeddings, e) for p, c, e in zip(prompts, completions, ended)]
+    assert score_rows(tiny_char_model_dir, prompts, completions, ended, batch_tokens=64) == pytest.approx(expected, abs=1e-4)

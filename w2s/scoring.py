@@ -204,3 +204,21 @@ def score_one(model, tokenizer, prompt: str, completion: str, max_length: int, e
     targets = ids[0, 1:]
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return float(token_logp[len(group.prompt_ids) - 1 :].sum())
+
+
+def score_rows(model_dir, prompts: list[str], completions: list[str], ended: list[bool], batch_tokens: int = 4096,
+               label: str = "") -> list[float]:
+    """log π(y|x) of independent (x, y) rows under the model folder `model_dir` (its own tokenizer,
+    the boundary and EOS rules above), batched like the scoring stage: each row is a group of one.
+    Evaluation (KL) and the strong-as-evaluator baseline use it."""
+    from tqdm.auto import tqdm
+
+    from w2s.models.build import load_pretrained
+
+    model, tokenizer = load_pretrained(model_dir)
+    model.eval()
+    max_length = model.config.max_position_embeddings
+    groups = [tokenise_group(tokenizer, p, [c], max_length, [e]) for p, c, e in zip(prompts, completions, ended)]
+    with tqdm(total=len(groups), desc=f"log-probs {label}".strip(), unit="row", leave=False) as progress:
+        scores = score_groups([model], groups, tokenizer.pad_token_id, batch_tokens, progress=progress)
+    return [row[0] for row in scores[0]]
