@@ -21,7 +21,7 @@ from w2s.theory.experiment import fractions, run
 from w2s.theory.plot import scatter
 from w2s.tracking import RunContext
 
-RUNS = Stage("theory_runs", version=1)
+RUNS = Stage("theory_runs", version=2)
 PLOTS = Stage("theory_plots", version=1)
 
 
