@@ -20,7 +20,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-SMALL = dict(n_finetune_tasks=12, n_pretrain_tasks=5, n_points=200, pretrain_steps=40, truth_layers=6, strong_layers=4)
+SMALL = dict(n_finetune_tasks=12, n_pretrain_tasks=5, n_points=200, n_pretrain_points=200, pretrain_steps=40, truth_layers=6, strong_layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_flow_runs_end_to_end_and_rerun_hits_cache(tmp_path):
 
     config = tmp_path / "theory.yaml"
     config.write_text(f"run: {{artifact_root: {tmp_path}/art, experiment: theory-test}}\n"
-                      "theory: {n_finetune_tasks: 6, n_pretrain_tasks: 3, n_points: 80, pretrain_steps: 10, "
+                      "theory: {n_finetune_tasks: 6, n_pretrain_tasks: 3, n_points: 80, n_pretrain_points: 80, pretrain_steps: 10, "
                       "truth_layers: 4, strong_layers: 3, losses: [squared, reverse_kl]}\n")
     assert main(["theory", "--config", str(config)]) == 0
     assert main(["theory", "--config", str(config), "--set", "theory.nope=1"]) == 2

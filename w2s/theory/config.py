@@ -1,8 +1,8 @@
 """Typed config of the synthetic misfit-vs-gain experiments (seed paper 001 §5.3, after Charikar et al. 2024).
 
 `configs/theory.yaml` overrides these defaults; `--set theory.n_finetune_tasks=200` overrides the file.
-The defaults are sized for 2 CPU cores (about a minute); `paper_scale` in the docstring of
-`TheoryConfig` lists the paper's sizes. Artifact root and MLflow come from the shared `RunConfig`.
+The defaults are sized for 2 CPU cores (one to two minutes); the docstring of `TheoryConfig` lists
+the paper's sizes. Artifact root and MLflow come from the shared `RunConfig`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ Setting = Literal["realizable", "pretrain", "perturb"]
 class TheoryConfig(Section):
     """Sizes and knobs of §5.3. Paper scale: 20 pre-training tasks, 100 fine-tuning tasks, 2000 points
     for each of pre-training, weak fine-tuning, weak-to-strong and test; we keep all of those except
-    `n_points` (2000 in the paper, 1000 here) and the pre-training budget (not given in the paper)."""
+    `n_points` (weak, w2s and test samples: 2000 in the paper, 1000 here); the pre-training budget is
+    ours (not given in the paper)."""
 
     seed: int = Field(0, description="Seeds the ground truth, the tasks, every sample and every init.")
     input_dim: PositiveInt = Field(8, description="x ~ N(0, input_std² I) in R^input_dim.")
@@ -32,7 +33,8 @@ class TheoryConfig(Section):
     strong_layers: PositiveInt = Field(8, description="Linear layers of the strong representation h_s.")
     n_pretrain_tasks: PositiveInt = Field(20, description="Tasks h_w and h_s are pre-trained on.")
     n_finetune_tasks: PositiveInt = Field(100, description="New tasks: one point per task in each plot.")
-    n_points: PositiveInt = Field(1000, description="Points in each of the four samples (pre-train, weak, w2s, test).")
+    n_points: PositiveInt = Field(1000, description="Points in each of the weak, w2s and test samples.")
+    n_pretrain_points: PositiveInt = Field(2000, description="Points in the pre-training sample (shared by its tasks).")
     pretrain_steps: PositiveInt = Field(600, description="Full-batch Adam steps of representation pre-training.")
     pretrain_lr: float = Field(3e-3, gt=0)
     perturb_weak_std: float = Field(0.1, gt=0, description="Gaussian noise on every parameter of h* → h_w.")

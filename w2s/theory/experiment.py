@@ -37,7 +37,8 @@ class World:
 
 def make_world(cfg: TheoryConfig) -> World:
     def sample(name: str) -> torch.Tensor:
-        return cfg.input_std * torch.randn(cfg.n_points, cfg.input_dim, generator=generator(cfg.seed, "x", name), dtype=DTYPE)
+        n = cfg.n_pretrain_points if name == "pretrain" else cfg.n_points
+        return cfg.input_std * torch.randn(n, cfg.input_dim, generator=generator(cfg.seed, "x", name), dtype=DTYPE)
 
     x = {name: sample(name) for name in SAMPLES}
     truth = ground_truth(cfg.input_dim, cfg.rep_dim, cfg.truth_layers, generator(cfg.seed, "truth"), x["pretrain"])
