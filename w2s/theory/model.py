@@ -178,8 +178,8 @@ def _kl_grad_hessian(loss: str, features: torch.Tensor, labels: torch.Tensor, th
 
 def pretrain(rep: MLP, loss: str, x: torch.Tensor, labels: torch.Tensor, steps: int, lr: float, gen: torch.Generator) -> MLP:
     """Train representation and one linear head per pre-training task jointly (full-batch Adam, cosine
-    learning-rate decay) on the
-    mean objective over tasks; returns the trained representation (heads are thrown away)."""
+    learning-rate decay) on the mean objective over tasks (paper eq. 48); returns the trained
+    representation (the heads are thrown away)."""
     rep = rep.detached()
     params = rep.parameters()
     heads = torch.randn(labels.shape[0], rep.weights[-1].shape[0], generator=gen, dtype=DTYPE) / rep.weights[-1].shape[0] ** 0.5
