@@ -18,7 +18,8 @@ linear in its target, L = CE(f, (1−α)·f_w + α·f̂_t), which is how it is c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,9 +98,26 @@ class FittedHead:
 EpochHook = Callable[[int, FittedHead], None]
 
 
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Small heads run ~7× faster on one intra-op thread than on two busy cores (measured: 260 steps
+    in 13 s vs 89 s wall): the per-op work is too small to split."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_head(x: np.ndarray, target_p1: np.ndarray, cfg: HeadConfig, seed: int, aux: AuxLossConfig | None = None,
              epochs: int | None = None, on_epoch: EpochHook | None = None) -> FittedHead:
     """Trains a head on soft labels p(class 1); with `aux`, on the aux confidence loss instead of CE."""
+    with single_thread():
+        return _fit(x, target_p1, cfg, seed, aux, epochs, on_epoch)
+
+
+def _fit(x, target_p1, cfg: HeadConfig, seed: int, aux: AuxLossConfig | None, epochs: int | None, on_epoch: EpochHook | None) -> FittedHead:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     mean = x.mean(0, keepdims=True)

@@ -29,7 +29,7 @@ def markdown(s: dict[str, Any]) -> str:
     lines = ["| model | test acc | ECE | PGR | agreement with weak errors |", "|---|---|---|---|---|",
              row("weak (gt, half A)", s["weak"]), row("strong ceiling (gt, half B)", s["ceiling"]),
              row("w2s, CE on weak labels", s["w2s_ce"]), row("w2s, aux confidence loss", s["w2s_aux"])]
-    lines += [row(f"bootstrap → {step['model']}", step) for step in s["bootstrap"]]
+    lines += [row(f"bootstrap → {step['model'].replace('final', 'strong')}", step) for step in s["bootstrap"]]
     lines += ["", "| probe | test acc |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in s["probes"].items()]
     lines += ["", "| epochs | w2s acc | w2s ECE | PGR |", "|---|---|---|---|"]
     lines += [f"| {int(r['epochs'])} | {r['acc']:.3f} | {r['ece']:.3f} | {r['pgr']:.3f} |" for r in s["epochs"]]
