@@ -13,7 +13,7 @@ from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tracking import RunContext
 
-REPORT = Stage("cls_report", version=1)
+REPORT = Stage("cls_report", version=2)
 PLOTS = {"pgr.png": plot_pgr, "epochs.png": plot_epochs, "probes.png": plot_probes}
 
 
