@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
-from w2s.generation import Engine, Request, derive_seed, resolve_backend
+from w2s.generation import Engine, Request, derive_seed, pinned_backend
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
@@ -42,8 +42,7 @@ class EvaluateSlice(BaseModel):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> EvaluateSlice:
-        engine = config.engines.generation
-        engine = engine.model_copy(update={"backend": resolve_backend(engine)})  # vLLM and HF samples differ
+        engine = pinned_backend(config.engines.generation)
         return cls(evaluation=config.evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
 
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.baseline_data import read_weak_demos, refined_completion
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, RefinementConfig, TrainingEngineConfig
-from w2s.generation import Engine, Request, derive_seed, refinement_prompt, resolve_backend
+from w2s.generation import Engine, Request, derive_seed, pinned_backend, refinement_prompt
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.stage import Stage, StageOutput, execute
@@ -48,8 +48,7 @@ class RefinementSlice(BaseModel):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> RefinementSlice:
-        engine = config.engines.generation
-        engine = engine.model_copy(update={"backend": resolve_backend(engine)})
+        engine = pinned_backend(config.engines.generation)
         return cls(refinement=config.baselines.refinement, engine=engine, training=config.engines.training,
                    gold_reward=config.models.gold_reward, seed=config.run.seed)
 

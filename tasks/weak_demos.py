@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
-from w2s.generation import Engine, Request, derive_seed, resolve_backend
+from w2s.generation import Engine, Request, derive_seed, pinned_backend
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.stage import Stage, StageOutput, execute
@@ -41,8 +41,7 @@ class WeakDemosSlice(BaseModel):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> WeakDemosSlice:
-        engine = config.engines.generation
-        engine = engine.model_copy(update={"backend": resolve_backend(engine)})  # vLLM and HF samples differ
+        engine = pinned_backend(config.engines.generation)
         return cls(demos=config.weak_demos, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
 
 

@@ -130,14 +130,15 @@ def _flow(name: str):
 
 
 def run_pipeline(cfg, until: str | None, flow_name: str = "eve") -> int:
-    return 0 if _run_flow(cfg, until, flow_name) is not None else 1
+    return 0 if _run_flow(cfg, _flow(flow_name), until=until) is not None else 1
 
 
-def _run_flow(cfg, until: str | None, flow_name: str):
+def _run_flow(cfg, flow_fn, **params):
+    """Runs a flow on `cfg` and prints the stage table; None (message on stderr) when it failed."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
     try:
-        state = _flow(flow_name)(config=cfg, until=until)
+        state = flow_fn(config=cfg, **params)
     except Exception as exc:  # the stage's own traceback is already in the Prefect log above
         print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None
@@ -151,7 +152,7 @@ def write_report(cfg, flow_name: str, out: str) -> int:
 
     from w2s.artifacts import local_path_of
 
-    state = _run_flow(cfg, None, flow_name)
+    state = _run_flow(cfg, _flow(flow_name), until=None)
     if state is None:
         return 1
     source = local_path_of(next(row.uri for row in state.rows if row.stage == "report"))
@@ -174,16 +175,11 @@ def run_classification(path: str, overrides: list[str]) -> int:
 
     cfg = load_classification_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
     check_writable_root(cfg.run.artifact_root)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.w2s_classification import w2s_classification
 
-    started = time.perf_counter()
-    try:
-        state = w2s_classification(config=cfg)
-    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
-        print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    state = _run_flow(cfg, w2s_classification)
+    if state is None:
         return 1
-    print(summary_table(state, cfg, time.perf_counter() - started))
     report = next((row.uri for row in state.rows if row.stage == "cls_report"), None)
     if report:
         print(f"report: {report}/report.md")
@@ -197,17 +193,9 @@ def run_theory(path: str | None, overrides: list[str]) -> int:
 
     cfg = load_theory_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
     check_writable_root(cfg.run.artifact_root)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.w2s_theory import w2s_theory
 
-    started = time.perf_counter()
-    try:
-        state = w2s_theory(config=cfg)
-    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
-        print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(summary_table(state, cfg, time.perf_counter() - started))
-    return 0
+    return 0 if _run_flow(cfg, w2s_theory) is not None else 1
 
 
 def summary_table(state, cfg, total_s: float) -> str:

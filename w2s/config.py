@@ -294,28 +294,11 @@ class SweepConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- root
-class PipelineConfig(Section):
-    run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    models: ModelsConfig = ModelsConfig()
-    weak_sft: TrainConfig = TrainConfig()
-    weak_dpo: DPOConfig = DPOConfig()
-    weak_demos: WeakDemosConfig = WeakDemosConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    scoring: ScoringConfig = ScoringConfig()
-    weights: WeightsConfig = WeightsConfig()
-    student: StudentConfig = StudentConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
-    baselines: BaselinesConfig = BaselinesConfig()
-    sweep: SweepConfig = SweepConfig()
-    engines: EnginesConfig = EnginesConfig()
-    orchestration: OrchestrationConfig = OrchestrationConfig()
+class RunScoped(Section):
+    """A whole config whose `run` section says where artifacts and tracking go (the EVE, theory and
+    classification configs all resolve them the same way)."""
 
-    @model_validator(mode="after")
-    def _reward_fits_data(self) -> PipelineConfig:
-        if self.data.source == "hf" and self.models.gold_reward.kind == "summary_facts":
-            raise ValueError("models.gold_reward.kind summary_facts only scores the synthetic task; use hf_classifier")
-        return self
+    run: RunConfig = RunConfig()
 
     @property
     def tracking_uri(self) -> str:
@@ -336,3 +319,26 @@ class PipelineConfig(Section):
         local = local_path_of(self.run.artifact_root)
         root = str(local.expanduser().absolute()) if local is not None else self.run.artifact_root
         return RunContext(artifact_root=root, tracking_uri=self.tracking_uri, experiment=self.run.experiment)
+
+
+class PipelineConfig(RunScoped):
+    data: DataConfig = DataConfig()
+    models: ModelsConfig = ModelsConfig()
+    weak_sft: TrainConfig = TrainConfig()
+    weak_dpo: DPOConfig = DPOConfig()
+    weak_demos: WeakDemosConfig = WeakDemosConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    weights: WeightsConfig = WeightsConfig()
+    student: StudentConfig = StudentConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    sweep: SweepConfig = SweepConfig()
+    engines: EnginesConfig = EnginesConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @model_validator(mode="after")
+    def _reward_fits_data(self) -> PipelineConfig:
+        if self.data.source == "hf" and self.models.gold_reward.kind == "summary_facts":
+            raise ValueError("models.gold_reward.kind summary_facts only scores the synthetic task; use hf_classifier")
+        return self

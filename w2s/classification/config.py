@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from w2s.config import ModelSpec, RunConfig, Section
+from w2s.config import ModelSpec, RunConfig, RunScoped, Section
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -113,7 +113,7 @@ class EpochsAblationConfig(Section):
     epochs: list[PositiveInt] = Field([1, 2, 4, 8, 16, 32, 64], description="Epoch counts at which the w2s student is evaluated (papers/001 §4.3).")
 
 
-class ClassificationConfig(Section):
+class ClassificationConfig(RunScoped):
     run: RunConfig = RunConfig(experiment="w2s-classification")
     data: ClsDataConfig = ClsDataConfig()
     models: ClsModelsConfig = ClsModelsConfig()
@@ -123,17 +123,6 @@ class ClassificationConfig(Section):
     aux: AuxLossConfig = AuxLossConfig()
     evaluation: ClsEvalConfig = ClsEvalConfig()
     epochs_ablation: EpochsAblationConfig = EpochsAblationConfig()
-
-    @property
-    def tracking_uri(self) -> str:
-        from w2s.config import PipelineConfig
-
-        return PipelineConfig(run=self.run).tracking_uri
-
-    def run_context(self):
-        from w2s.config import PipelineConfig
-
-        return PipelineConfig(run=self.run).run_context()
 
 
 # ------------------------------------------------------------------ stage slices (what each reads)

@@ -36,6 +36,12 @@ def resolve_backend(engine_cfg: GenerationEngineConfig) -> str:
     return engine_cfg.backend
 
 
+def pinned_backend(engine_cfg: GenerationEngineConfig) -> GenerationEngineConfig:
+    """`auto` resolved to the backend that will run: vLLM and transformers draw different samples
+    from one seed, so a sampling stage's cache key must name the backend, not `auto`."""
+    return engine_cfg.model_copy(update={"backend": resolve_backend(engine_cfg)})
+
+
 @dataclass
 class Generation:
     records: list[Record]

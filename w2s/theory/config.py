@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from w2s.config import PipelineConfig, RunConfig, Section
+from w2s.config import RunConfig, RunScoped, Section
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Loss = Literal["squared", "reverse_kl", "forward_kl"]
@@ -51,19 +51,11 @@ class TheoryConfig(Section):
         return self
 
 
-class TheoryPipelineConfig(Section):
+class TheoryPipelineConfig(RunScoped):
     """The whole config of `w2s theory`: where it writes (shared RunConfig) and what it computes."""
 
     run: RunConfig = RunConfig(experiment="w2s-theory", artifact_root="artifacts/theory")
     theory: TheoryConfig = TheoryConfig()
-
-    # same resolution of artifact root and tracking URI as the EVE pipeline, from the same RunConfig
-    @property
-    def tracking_uri(self) -> str:
-        return PipelineConfig(run=self.run).tracking_uri
-
-    def run_context(self):
-        return PipelineConfig(run=self.run).run_context()
 
 
 def load_theory_config(path: str | None = None, overrides: list[str] | None = None) -> TheoryPipelineConfig:
