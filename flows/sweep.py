@@ -25,9 +25,9 @@ def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
     points = []
     for seed in config.sweep.seeds:
         seeded = with_values(config, **{"run.seed": seed})
-        points += [(f"seed={seed},beta_over_lambda={value:g}", with_values(seeded, **{"weights.beta_over_lambda": value}))
+        points += [(f"seed:{seed}/beta_over_lambda:{value:g}", with_values(seeded, **{"weights.beta_over_lambda": value}))
                    for value in config.sweep.beta_over_lambda]
-        points += [(f"seed={seed},k={k}", with_values(seeded, **{"sampling.k": k})) for k in config.sweep.k]
+        points += [(f"seed:{seed}/k:{k}", with_values(seeded, **{"sampling.k": k})) for k in config.sweep.k]
     return points
 
 
@@ -36,13 +36,13 @@ def seeded_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, 
     evaluations, first_weights = {}, None
     for seed in config.sweep.seeds:
         found, weights = all_policies(ctx, with_values(config, **{"run.seed": seed}))
-        evaluations |= {f"{label},seed={seed}": ref for label, ref in found.items()}
+        evaluations |= {f"{label}/seed:{seed}": ref for label, ref in found.items()}
         first_weights = first_weights or weights
     return evaluations, first_weights
 
 
 def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
-    return {f"eve,{suffix}": evaluate_eve(ctx, point, eve_stages(ctx, point)) for suffix, point in sweep_points(config)}
+    return {f"eve/{suffix}": evaluate_eve(ctx, point, eve_stages(ctx, point)) for suffix, point in sweep_points(config)}
 
 
 @flow(name="sweep", log_prints=True)

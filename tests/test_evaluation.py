@@ -69,12 +69,12 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     ids = ["a", "b", "c", "d"]
     evaluations = {}
     for seed, shift in ((0, 0.0), (1, 0.2)):
-        evaluations[f"weak,seed={seed}"] = _samples(dict(zip(ids, [0.0, 0.0, 1.0, 1.0])))
-        evaluations[f"strong_ceiling,seed={seed}"] = _samples(dict(zip(ids, [2.0, 2.0, 2.0, 2.0])))
-        evaluations[f"reference,seed={seed}"] = _samples(dict(zip(ids, [1.0, 1.0, 1.0, 1.0])))
-        evaluations[f"eve,seed={seed}"] = _samples(dict(zip(ids, [1.0 + shift, 1.0, 2.0, 0.0])),
+        evaluations[f"weak/seed:{seed}"] = _samples(dict(zip(ids, [0.0, 0.0, 1.0, 1.0])))
+        evaluations[f"strong_ceiling/seed:{seed}"] = _samples(dict(zip(ids, [2.0, 2.0, 2.0, 2.0])))
+        evaluations[f"reference/seed:{seed}"] = _samples(dict(zip(ids, [1.0, 1.0, 1.0, 1.0])))
+        evaluations[f"eve/seed:{seed}"] = _samples(dict(zip(ids, [1.0 + shift, 1.0, 2.0, 0.0])),
                                                    {0.5: dict(zip(ids, [0.5, 0.5, 0.5, 0.5]))}, k3=0.3)
-        evaluations[f"eve,seed={seed},beta_over_lambda=inf"] = _samples(dict(zip(ids, [0.5] * 4)))
+        evaluations[f"eve/seed:{seed}/beta_over_lambda:inf"] = _samples(dict(zip(ids, [0.5] * 4)))
     report = build_report(evaluations)
     eve = report.policies["eve"]
     # P_weak = 0.5, P_strong = 2.0; seed 0: P = 1.0 → PGR 1/3; seed 1: P = 1.05 → 0.55/1.5
@@ -101,7 +101,23 @@ def test_report_warns_when_the_ceiling_is_below_the_weak_teacher():
 
 
 def test_labels_round_trip_and_reject_unknown_fields():
-    assert Label.parse("eve,seed=2,beta_over_lambda=0.5") == Label("eve", 2, 0.5)
-    assert str(Label.parse("eve,seed=1,k=8")) == "eve,seed=1,k=8"
+    assert Label.parse("eve/seed:2/beta_over_lambda:0.5") == Label("eve", 2, 0.5)
+    assert str(Label.parse("eve/seed:1/k:8")) == "eve/seed:1/k:8"
     with pytest.raises(ValueError):
-        Label.parse("eve,lr=3")
+        Label.parse("eve/lr:3")
+
+
+def test_sweep_labels_are_valid_mlflow_param_keys():
+    """The report stage logs `input.evaluations.<label>` as MLflow params (a comma or '=' is rejected)."""
+    from mlflow.utils.validation import _validate_param_name
+
+    from flows.sweep import sweep_points
+    from w2s.config_io import load_config
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "configs" / "tiny.yaml", ["sweep.seeds=[0, 3]", "sweep.k=[2, 4]"])
+    labels = [f"eve/{suffix}" for suffix, _ in sweep_points(config)] + ["naive_sft/seed:3"]
+    assert len(labels) == 9
+    for label in labels:
+        _validate_param_name(f"input.evaluations.{label}")
+        assert str(Label.parse(label)) == label

@@ -1,7 +1,7 @@
 """The PGR report (paper §5 figures 3–5, §11.2 figure 9) from evaluation artifacts.
 
 Inputs are labelled evaluations: `"<policy>"`, or with the run they belong to,
-`"<policy>,seed=1"` / `"eve,seed=0,beta_over_lambda=0.5"`. Within one seed, `weak` and
+`"<policy>/seed:1"` / `"eve/seed:0/beta_over_lambda:0.5"` (characters MLflow accepts in a param key). Within one seed, `weak` and
 `strong_ceiling` anchor PGR and `reference` (the strong base) is the win-rate opponent. Over seeds,
 each number is a mean ± 95 % CI (Student t).
 """
@@ -38,10 +38,10 @@ class Label:
 
     @classmethod
     def parse(cls, text: str) -> Label:
-        policy, *pairs = text.split(",")
+        policy, *pairs = text.split("/")
         fields: dict = {}
         for pair in pairs:
-            key, _, value = pair.partition("=")
+            key, _, value = pair.partition(":")
             if key == "seed":
                 fields["seed"] = int(value)
             elif key == "beta_over_lambda":
@@ -54,8 +54,8 @@ class Label:
 
     def __str__(self) -> str:
         swept = self.swept
-        extra = "" if swept is None else f",{swept[0]}={swept[1]:g}"
-        return f"{self.policy},seed={self.seed}{extra}"
+        extra = "" if swept is None else f"/{swept[0]}:{swept[1]:g}"
+        return f"{self.policy}/seed:{self.seed}{extra}"
 
 
 @dataclass
