@@ -7,4 +7,3 @@ BASELINE_POLICIES = ("naive_sft", "refinement", "dpo_weak_reward", "strong_evalu
 STAGES = EVE_TRAINING + ANCHORS + ("evaluate_eve", "report")  # the `eve` flow
 BASELINE_STAGES = (EVE_TRAINING + BASELINE_POLICIES + ANCHORS + ("evaluate_eve",)
                    + tuple(f"evaluate_{name}" for name in BASELINE_POLICIES) + ("report",))
-FLOW_STAGES = {"eve": STAGES, "baselines": BASELINE_STAGES, "sweep": BASELINE_STAGES}

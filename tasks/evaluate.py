@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
-from w2s.generation import Engine, Request, derive_seed, pinned_backend
+from w2s.generation import Engine, Record, Request, derive_seed, pinned_backend
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
@@ -60,7 +60,7 @@ def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermedi
     return rows
 
 
-def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, dict]:
+def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, Record]:
     requests = [Request(pid, prompt, n=1, seed=derive_seed(cfg.seed, f"eval:{pid}"))
                 for pid, prompt in zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())]
     with Engine(cfg.engine, str(model), cfg.seed) as engine:

@@ -9,13 +9,15 @@ the report out.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
-from w2s.orchestration import StageTask
+from w2s.evaluation import mean_ci95
+from w2s.orchestration import StageTask, artifact_inputs
 from w2s.report import build_report, plot_report, render_html, render_markdown
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tracking import RunContext
@@ -49,16 +51,13 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "warnings": result.warnings}, indent=1).encode())
         for path in [writer.path("report.md"), writer.path("report.html"), *images]:
             run.log_artifact(path)
-        metrics = {}
-        for name, policy in result.policies.items():
-            finite = [v for v in policy.pgr if v == v]
-            if finite:
-                metrics[f"pgr/{name}"] = sum(finite) / len(finite)
+        pgr_means = {name: mean_ci95(policy.pgr).mean for name, policy in result.policies.items()}
+        metrics = {f"pgr/{name}": value for name, value in pgr_means.items() if not math.isnan(value)}
         print(markdown.split("![")[0])
         return StageOutput(metrics, {"warnings": result.warnings})
 
-    inputs = {f"evaluations.{label}": ref for label, ref in sorted(evaluations.items())}
-    return execute(ctx, STAGE, cfg, inputs | ({"weights": weights} if weights is not None else {}), body)
+    # the same flattening the Prefect cache policy applies, so both compute one key
+    return execute(ctx, STAGE, cfg, artifact_inputs({"evaluations": evaluations, "weights": weights}), body)
 
 
 report_task = StageTask(STAGE, report, select=lambda config: ReportSlice())

@@ -86,9 +86,17 @@ class Report:
         return sorted(self.policies.items(), key=lambda item: (rank.get(item[0], 3), item[0]))
 
 
-def _final(table: pa.Table) -> dict[str, float]:
-    rows = table.filter(pa.compute.equal(table["checkpoint"], "final"))
+def _rows_at(table: pa.Table, column: str, value) -> pa.Table:
+    return table.filter(pa.compute.equal(table[column], value))
+
+
+def _rewards(rows: pa.Table) -> dict[str, float]:
+    """prompt_id → gold reward of one checkpoint's answers."""
     return dict(zip(rows["prompt_id"].to_pylist(), rows["gold_reward"].to_pylist()))
+
+
+def _mean(rewards: dict[str, float]) -> float:
+    return float(np.mean(list(rewards.values())))
 
 
 def _paired_win(policy: dict[str, float], reference: dict[str, float]) -> float:
@@ -99,10 +107,10 @@ def _paired_win(policy: dict[str, float], reference: dict[str, float]) -> float:
 def build_report(evaluations: dict[str, pa.Table]) -> Report:
     """`evaluations`: label → the `samples.parquet` of an evaluate stage."""
     labelled = {Label.parse(text): table for text, table in evaluations.items()}
-    anchors: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+    anchors: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)  # seed → anchor policy → rewards
     for label, table in labelled.items():
         if label.policy in (WEAK, STRONG, REFERENCE) and label.swept is None:
-            anchors[label.seed][label.policy] = _final(table)
+            anchors[label.seed][label.policy] = _rewards(_rows_at(table, "checkpoint", "final"))
     policies: dict[str, PolicyResult] = {}
     sweeps: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     warnings: list[str] = []
@@ -110,30 +118,30 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
         missing = {WEAK, STRONG} - set(found)
         if missing:
             warnings.append(f"seed {seed}: no {', '.join(sorted(missing))} evaluation, so no PGR")
-        elif np.mean(list(found[STRONG].values())) <= np.mean(list(found[WEAK].values())):
+        elif _mean(found[STRONG]) <= _mean(found[WEAK]):
             warnings.append(f"seed {seed}: the strong ceiling does not beat the weak teacher; PGR is undefined or inverted")
     for label, table in sorted(labelled.items(), key=lambda item: str(item[0])):
         anchor = anchors.get(label.seed, {})
-        p_weak = float(np.mean(list(anchor[WEAK].values()))) if WEAK in anchor else math.nan
-        p_strong = float(np.mean(list(anchor[STRONG].values()))) if STRONG in anchor else math.nan
-        final = _final(table)
-        p = float(np.mean(list(final.values())))
-        value = pgr(p, p_weak, p_strong)
+        p_weak = _mean(anchor[WEAK]) if WEAK in anchor else math.nan
+        p_strong = _mean(anchor[STRONG]) if STRONG in anchor else math.nan
+        final_rows = _rows_at(table, "checkpoint", "final")
+        final = _rewards(final_rows)
+        value = pgr(_mean(final), p_weak, p_strong)
         if label.swept is not None:
             name, point = label.swept
             sweeps[name][point].append(value)
             continue
         result = policies.setdefault(label.policy, PolicyResult())
-        result.p.append(p)
+        result.p.append(_mean(final))
         result.pgr.append(value)
         reference = anchor.get(REFERENCE)
         result.win.append(_paired_win(final, reference) if reference else math.nan)
         if "k3" in table.column_names:
-            result.kl.append(float(np.mean(table.filter(pa.compute.equal(table["checkpoint"], "final"))["k3"].to_numpy())))
+            result.kl.append(float(np.mean(final_rows["k3"].to_numpy())))
         for fraction in sorted(set(table["fraction"].to_pylist())):
-            rows = table.filter(pa.compute.equal(table["fraction"], fraction))
-            rewards = dict(zip(rows["prompt_id"].to_pylist(), rows["gold_reward"].to_pylist()))
-            result.curve[fraction].append(pgr(float(np.mean(list(rewards.values()))), p_weak, p_strong))
+            rows = _rows_at(table, "fraction", fraction)
+            rewards = _rewards(rows)
+            result.curve[fraction].append(pgr(_mean(rewards), p_weak, p_strong))
             if "k3" in rows.column_names and reference:
                 result.kl_win.append((fraction, float(np.mean(rows["k3"].to_numpy())), _paired_win(rewards, reference)))
     return Report(policies, {name: dict(points) for name, points in sweeps.items()}, warnings)
