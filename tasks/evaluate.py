@@ -12,7 +12,6 @@ so paired comparisons (win-rate) see common random numbers.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
-from w2s.generation import Engine, Record, Request, derive_seed, pinned_backend
+from w2s.generation import answer_each, pinned_backend
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
@@ -60,16 +59,6 @@ def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermedi
     return rows
 
 
-def _answers(cfg: EvaluateSlice, model: Path, prompts: pa.Table) -> dict[str, Record]:
-    requests = [Request(pid, prompt, n=1, seed=derive_seed(cfg.seed, f"eval:{pid}"))
-                for pid, prompt in zip(prompts.column("prompt_id").to_pylist(), prompts.column("prompt").to_pylist())]
-    with Engine(cfg.engine, str(model), cfg.seed) as engine:
-        result = engine.generate(requests, cfg.evaluation)
-    if result.skipped:
-        raise ValueError(f"test prompts {result.skipped[:5]} do not fit {model} with max_tokens={cfg.evaluation.max_tokens}")
-    return {r.request_id: r for r in result.records}
-
-
 def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
                     kl_ref: ArtifactRef | None = None) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
@@ -83,7 +72,7 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: Art
         ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
         tables, metrics = [], {}
         for point in policy_checkpoints(policy, store, cfg.evaluation.checkpoints):
-            answers = _answers(cfg, point["path"], test)
+            answers = answer_each(cfg.engine, point["path"], cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
             records = [answers[pid] for pid in ids]
             responses = [r.completion for r in records]
             ended = [r.finish_reason == "stop" for r in records]

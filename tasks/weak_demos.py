@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
-from w2s.generation import Engine, Request, derive_seed, pinned_backend
+from w2s.generation import answer_each, derive_seed, pinned_backend
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.stage import Stage, StageOutput, execute
@@ -46,13 +46,10 @@ class WeakDemosSlice(BaseModel):
 
 
 def _answer(model: str, cfg: WeakDemosSlice, tables: list[pa.Table]) -> dict[str, dict]:
-    requests = [Request(pid, prompt, n=1, seed=derive_seed(cfg.seed, pid))
-                for table in tables for pid, prompt in zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist())]
-    with Engine(cfg.engine, model, cfg.seed) as engine:
-        result = engine.generate(requests, cfg.demos)
-    if result.skipped:
-        raise ValueError(f"prompts {result.skipped[:5]} do not fit the weak model's context with max_tokens={cfg.demos.max_tokens}")
-    return {r.request_id: {"response": r.completion, "n_tokens": r.n_tokens, "finish_reason": r.finish_reason} for r in result.records}
+    ids = [pid for table in tables for pid in table.column("prompt_id").to_pylist()]
+    prompts = [prompt for table in tables for prompt in table.column("prompt").to_pylist()]
+    records = answer_each(cfg.engine, model, cfg.seed, cfg.demos, ids, prompts, what="prompts")
+    return {pid: {"response": r.completion, "n_tokens": r.n_tokens, "finish_reason": r.finish_reason} for pid, r in records.items()}
 
 
 def _with_answers(table: pa.Table, answers: dict[str, dict], reward) -> pa.Table:

@@ -202,9 +202,13 @@ def test_offloaded_stage_runs_on_the_stage_deployment(stack, two_runs):
               "--no-enforce-parameter-schema")  # as deployments/prefect.yaml: eve-stage-gpu
     worker = spawn("gpu-sim-worker", [str(BIN / "prefect"), "worker", "start", "--pool", "gpu-sim", "--type", "process"],
                    stack.logs, stack.env, REPO)
-    stack.servers.append(worker)  # stopped by group with the servers
     offload = "orchestration.offload={enabled: true, stages: [weights], deployment: eve-stage/eve-stage-sim}"
-    parent = stack.trigger_and_work(tiny_config(stack, "weights.beta_over_lambda=3", offload), "weights")
+    try:
+        parent = stack.trigger_and_work(tiny_config(stack, "weights.beta_over_lambda=3", offload), "weights")
+    finally:
+        # A polling worker left running writes to the server's sqlite and makes later UI posts meet
+        # SQLITE_BUSY (a 503), so it goes as soon as its run is done.
+        stop(worker)
     assert parent["state"]["type"] == "COMPLETED", (stack.logs / "cli.log").read_text()[-4000:] + worker.tail()
     local = {_stage_of(t): t["state"]["name"] for t in stack.task_runs(parent["id"]) if _stage_of(t) in RUN_STAGES}
     assert local == dict.fromkeys(RUN_STAGES[: RUN_STAGES.index("weights")], "Cached"), local  # no local weights
@@ -271,6 +275,20 @@ def _screenshot(page, name: str) -> Path:
     return path
 
 
+def _submit_run_form(page, attempts: int = 4):
+    """Clicks Submit, and again while the server answers 503. Prefect's server returns 503 when its
+    sqlite is momentarily busy (SQLITE_BUSY_SNAPSHOT under WAL fails at once, whatever the busy
+    timeout) and calls that client-retryable: its Python client retries, its UI leaves the form
+    filled in for the user to submit again, which is what this does."""
+    for attempt in range(attempts):
+        with page.expect_response(lambda r: r.url.endswith("/create_flow_run"), timeout=60_000) as created:
+            page.get_by_role("button", name="Submit").click()
+        if created.value.status != 503:
+            break
+        page.wait_for_timeout(2_000 * (attempt + 1))
+    return created.value
+
+
 def test_prefect_ui_shows_typed_form_and_every_stage(stack, two_runs, browser_page):
     from w2s.config import PipelineConfig
 
@@ -290,10 +308,9 @@ def test_prefect_ui_shows_typed_form_and_every_stage(stack, two_runs, browser_pa
     _screenshot(page, "prefect-ui-run-form.png")
     # Submitting the form as it stands (the UI's Run) gives parameters that the flow reads back as
     # exactly pipeline_config.yaml. The run is deleted unexecuted: the form is what is under test.
-    with page.expect_response(lambda r: r.url.endswith("/create_flow_run"), timeout=60_000) as created:
-        page.get_by_role("button", name="Submit").click()
-    assert created.value.status == 201, created.value.text()
-    ui_run = stack.get(f"/flow_runs/{created.value.json()['id']}")
+    created = _submit_run_form(page)
+    assert created.status == 201, created.text()
+    ui_run = stack.get(f"/flow_runs/{created.json()['id']}")
     httpx.delete(f"{stack.api}/flow_runs/{ui_run['id']}", timeout=30).raise_for_status()
     assert ui_run["deployment_id"] == stack.deployment["id"]
     assert PipelineConfig.model_validate(ui_run["parameters"]["config"]) == embedded

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 from w2s.config import GenerationEngineConfig, GenerationParams
-from w2s.generation.requests import Record, Request, check_requests, effective_context
+from w2s.generation.requests import Record, Request, check_requests, derive_seed, effective_context
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +167,15 @@ def generate(
     """One-shot: check, start an engine, generate, free it."""
     with open_engine(engine_cfg, model_dir, seed) as engine:
         return engine.generate(requests, params).records
+
+
+def answer_each(engine_cfg: GenerationEngineConfig, model_dir: str | Path, seed: int, params: GenerationParams,
+                ids: list[str], prompts: list[str], seed_salt: str = "", what: str = "prompts") -> dict[str, Record]:
+    """One answer per prompt, each drawn with its own seed `derive_seed(seed, seed_salt + id)` so that
+    an answer does not depend on which other prompts share the batch; every prompt must fit."""
+    requests = [Request(pid, prompt, n=1, seed=derive_seed(seed, seed_salt + pid)) for pid, prompt in zip(ids, prompts)]
+    with open_engine(engine_cfg, model_dir, seed) as engine:
+        result = engine.generate(requests, params)
+    if result.skipped:
+        raise ValueError(f"{what} {result.skipped[:5]} do not fit {model_dir} with max_tokens={params.max_tokens}")
+    return {r.request_id: r for r in result.records}
