@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.eve import anchor_evaluations, eve_stages, evaluate_eve
+from flows.eve import anchor_evaluations, eve_diagnostics, eve_stages, evaluate_eve
 from tasks.dpo_weak_reward import dpo_weak_reward_task as dpo_weak_reward
 from tasks.evaluate import evaluate_task as evaluate
 from tasks.naive_sft import naive_sft_task as naive_sft
@@ -26,8 +26,8 @@ from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 
 
-def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], ArtifactRef]:
-    """Each policy trained and evaluated (label → its evaluation artifact), and EVE's weights."""
+def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], dict[str, ArtifactRef]]:
+    """Each policy trained and evaluated (label → its evaluation artifact), and EVE's diagnostics."""
     eve = eve_stages(ctx, config)
     trained = {
         "naive_sft": naive_sft(ctx, config, demos=eve.demos, strong=eve.strong),
@@ -38,12 +38,12 @@ def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, Art
     evaluations = anchor_evaluations(ctx, config, eve) | {"eve": evaluate_eve(ctx, config, eve)}
     for name, policy in trained.items():
         evaluations[name] = evaluate(name)(ctx, config, data=eve.data, policy=policy, kl_ref=eve.strong)
-    return evaluations, eve.weights
+    return evaluations, eve_diagnostics(ctx, config, eve)
 
 
 @flow(name="baselines", log_prints=True)
 def baselines(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config.run_context(), "baselines", config.model_dump(mode="json"), until) as run:
-        evaluations, weights = all_policies(run.ctx, config)
-        report(run.ctx, config, evaluations=evaluations, weights=weights)
+        evaluations, diagnostics = all_policies(run.ctx, config)
+        report(run.ctx, config, evaluations=evaluations, **diagnostics)
     return run

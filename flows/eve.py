@@ -6,7 +6,8 @@
 Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
 (D_weak + 2 exemplars) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
 π_weak_ref) → weights (F, eq. 8) → student (weighted MLE); then the PGR anchors (the strong ceiling
-strong_sft → strong_dpo), each policy's evaluation on the test prompts, and the PGR report.
+strong_sft → strong_dpo), each policy's evaluation on the test prompts, the weak teacher's gold
+signal (teacher_signal) and the PGR report.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tasks.scoring import scoring_task as scoring
 from tasks.strong_ceiling import strong_dpo_task as strong_dpo
 from tasks.strong_ceiling import strong_sft_task as strong_sft
 from tasks.student import student_task as student
+from tasks.teacher_signal import teacher_signal_task as teacher_signal
 from tasks.weak_demos import weak_demos_task as weak_demos
 from tasks.weak_dpo import weak_dpo_task as weak_dpo
 from tasks.weak_sft import weak_sft_task as weak_sft
@@ -75,10 +77,15 @@ def evaluate_eve(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> 
     return evaluate("eve")(ctx, config, data=eve.data, policy=eve.student, kl_ref=eve.strong)
 
 
+def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
+    """What the report shows beside the policies: the F-weights and the weak teacher's gold signal."""
+    return {"weights": eve.weights, "signal": teacher_signal(ctx, config, data=eve.data, demos=eve.demos, scores=eve.scores)}
+
+
 @flow(name="eve", log_prints=True)
 def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config.run_context(), "eve", config.model_dump(mode="json"), until) as run:
         stages = eve_stages(run.ctx, config)
         evaluations = anchor_evaluations(run.ctx, config, stages) | {"eve": evaluate_eve(run.ctx, config, stages)}
-        report(run.ctx, config, evaluations=evaluations, weights=stages.weights)
+        report(run.ctx, config, evaluations=evaluations, **eve_diagnostics(run.ctx, config, stages))
     return run

@@ -31,14 +31,14 @@ def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
     return points
 
 
-def seeded_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], ArtifactRef]:
-    """Every policy on every seed, and the first seed's EVE weights (for the histogram)."""
-    evaluations, first_weights = {}, None
+def seeded_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], dict[str, ArtifactRef]]:
+    """Every policy on every seed, and the first seed's EVE diagnostics (weights, teacher signal)."""
+    evaluations, first_diagnostics = {}, None
     for seed in config.sweep.seeds:
-        found, weights = all_policies(ctx, with_values(config, **{"run.seed": seed}))
+        found, diagnostics = all_policies(ctx, with_values(config, **{"run.seed": seed}))
         evaluations |= {f"{label}/seed:{seed}": ref for label, ref in found.items()}
-        first_weights = first_weights or weights
-    return evaluations, first_weights
+        first_diagnostics = first_diagnostics or diagnostics
+    return evaluations, first_diagnostics
 
 
 def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]:
@@ -48,6 +48,6 @@ def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]
 @flow(name="sweep", log_prints=True)
 def sweep(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config.run_context(), "sweep", config.model_dump(mode="json"), until) as run:
-        evaluations, weights = seeded_policies(run.ctx, config)
-        report(run.ctx, config, evaluations=evaluations | swept_eve(run.ctx, config), weights=weights)
+        evaluations, diagnostics = seeded_policies(run.ctx, config)
+        report(run.ctx, config, evaluations=evaluations | swept_eve(run.ctx, config), **diagnostics)
     return run

@@ -20,9 +20,10 @@ from w2s.evaluation import mean_ci95
 from w2s.orchestration import StageTask, artifact_inputs
 from w2s.report import build_report, plot_report, render_html, render_markdown
 from w2s.stage import Stage, StageOutput, execute
+from w2s.teacher_signal import signal_markdown
 from w2s.tracking import RunContext
 
-STAGE = Stage("report", version=1)
+STAGE = Stage("report", version=2)  # 2: the teacher-signal section
 
 
 class ReportSlice(BaseModel):
@@ -30,8 +31,10 @@ class ReportSlice(BaseModel):
     title: str = "Weak-to-strong report"
 
 
-def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None) -> ArtifactRef:
-    """`weights`: the EVE weights artifact whose F-weight histogram joins the figures."""
+def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
+           signal: ArtifactRef | None = None) -> ArtifactRef:
+    """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the
+    teacher_signal artifact, whose table and plot join the report."""
     if not evaluations:
         raise ValueError("the report needs at least one evaluation")
 
@@ -41,11 +44,13 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         result = build_report(tables)
         with writer.folder("figures") as staging:
             names = [path.name for path in plot_report(result, staging)]
-            if weights is not None:
-                shutil.copy2(store.materialise(weights) / "weights_histogram.png", staging / "weights_histogram.png")
-                names.append("weights_histogram.png")
+            for ref, name in ((weights, "weights_histogram.png"), (signal, "teacher_signal.png")):
+                if ref is not None:
+                    shutil.copy2(store.materialise(ref) / name, staging / name)
+                    names.append(name)
         images = [writer.dir / "figures" / name for name in names]
-        markdown = render_markdown(result, images, cfg.title).replace("](", "](figures/")
+        sections = () if signal is None else (signal_markdown(json.loads((store.materialise(signal) / "signal.json").read_text())),)
+        markdown = render_markdown(result, images, cfg.title, sections).replace("](", "](figures/")
         writer.write_bytes("report.md", markdown.encode())
         writer.write_bytes("report.html", render_html(markdown, images).encode())
         writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "warnings": result.warnings}, indent=1).encode())
@@ -57,7 +62,7 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         return StageOutput(metrics, {"warnings": result.warnings})
 
     # the same flattening the Prefect cache policy applies, so both compute one key
-    return execute(ctx, STAGE, cfg, artifact_inputs({"evaluations": evaluations, "weights": weights}), body)
+    return execute(ctx, STAGE, cfg, artifact_inputs({"evaluations": evaluations, "weights": weights, "signal": signal}), body)
 
 
 report_task = StageTask(STAGE, report, select=lambda config: ReportSlice())

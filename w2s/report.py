@@ -215,7 +215,8 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------- render
-def render_markdown(report: Report, images: list[Path], title: str) -> str:
+def render_markdown(report: Report, images: list[Path], title: str, sections: tuple[list[str], ...] = ()) -> str:
+    """`sections`: further Markdown blocks (lines) placed after the tables, before the warnings."""
     rows = report.table_rows()
     header = list(rows[0]) if rows else ["policy"]
     lines = [f"# {title}", "", "PGR = (P(π) − P(π_weak)) / (P(π_strong) − P(π_weak)) on the gold reward (§9.5); "
@@ -225,6 +226,8 @@ def render_markdown(report: Report, images: list[Path], title: str) -> str:
     for name, sweep in report.sweeps.items():
         lines += ["", f"| EVE, {'β/λ' if name == 'beta_over_lambda' else 'K'} | PGR |", "|---|---|"]
         lines += [f"| {'∞' if math.isinf(k) else f'{k:g}'} | {mean_ci95(v)} |" for k, v in sorted(sweep.items())]
+    for section in sections:
+        lines += ["", *section]
     if report.warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in report.warnings]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
