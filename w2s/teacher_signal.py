@@ -123,7 +123,7 @@ def signal_markdown(signal: dict) -> list[str]:
     lines += [f"| EVE, F-weighted, β/λ = {_beta(p['beta_over_lambda'])} (mean ESS {p['ess_mean']:.2f}) | {p['gold_weighted']:.3f} |"
               for p in signal["points"] if p["beta_over_lambda"] > 0]
     lines += [f"| best of K (perfect teacher) | {signal['gold_best_of_k']:.3f} |", "",
-              f"Weak log-ratio vs gold: pairwise accuracy {signal['pairwise_accuracy']:.3f} over {signal['pairs']} pairs "
+              f"Weak log-ratio vs gold: pairwise accuracy {signal['pairwise_accuracy']:.3f} over {int(signal['pairs'])} pairs "
               f"(chance 0.5); top-1 agreement {signal['top1_agreement']:.3f} (chance {signal['top1_chance']:.3f})."]
     return lines
 
