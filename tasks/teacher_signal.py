@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from w2s.artifacts import ArtifactRef, ArtifactStore
 from w2s.baseline_data import read_scores, read_weak_demos
-from w2s.config import GoldRewardSpec, PipelineConfig
+from w2s.config import GoldRewardSpec, PipelineConfig, SweepConfig
 from w2s.config_base import Section
 from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
@@ -33,8 +33,9 @@ class TeacherSignalSlice(Section):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> TeacherSignalSlice:
-        # the run's own β/λ and every swept one, so the curve brackets what was trained
-        betas = sorted({config.weights.beta_over_lambda, *config.sweep.beta_over_lambda})
+        # the paper's grid (fig. 5; the sweep's schema default), the run's own β/λ and every swept one:
+        # computing a point costs nothing, training one costs a student
+        betas = sorted({*SweepConfig().beta_over_lambda, config.weights.beta_over_lambda, *config.sweep.beta_over_lambda})
         return cls(gold_reward=config.models.gold_reward, beta_over_lambda=tuple(betas))
 
 
