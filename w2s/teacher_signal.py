@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from w2s.weights import group_weights, log_ratios
+from w2s.weights import eve_weights
 
 
 @dataclass(frozen=True)
@@ -95,13 +95,12 @@ def teacher_signal(prompt_ids: list[str], logp_weak: np.ndarray, logp_weak_ref: 
     if not np.all(np.isfinite(gold)):
         raise ValueError("teacher signal: the gold reward is not finite on some sample")
     group, members = _groups(prompt_ids)
-    delta = np.asarray(logp_weak, np.float64) - np.asarray(logp_weak_ref, np.float64)
+    weak, ref = np.asarray(logp_weak, np.float64), np.asarray(logp_weak_ref, np.float64)
+    delta = weak - ref
     gold = np.asarray(gold, np.float64)
     points = []
     for beta in sorted(set(betas) | {0.0}):
-        hard = math.isinf(beta)  # as the weights stage: one-hot at the largest log-ratio itself
-        f = delta if hard else (log_ratios(logp_weak, logp_weak_ref, beta) if beta > 0 else np.zeros_like(delta))
-        weights, _, _ = group_weights(f, group, hard=hard)
+        _, weights, _, _ = eve_weights(weak, ref, beta, group)  # β/λ = 0: uniform
         per_prompt = np.bincount(group, weights * gold) / np.bincount(group)
         ess = np.bincount(group, weights) ** 2 / np.bincount(group, weights**2)
         points.append(SignalPoint(beta, float(per_prompt.mean()), float(ess.mean())))

@@ -64,6 +64,16 @@ def log_ratios(logp_weak: np.ndarray, logp_weak_ref: np.ndarray, beta_over_lambd
     return beta_over_lambda * delta
 
 
+def eve_weights(logp_weak: np.ndarray, logp_weak_ref: np.ndarray, beta_over_lambda: float,
+                group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Eq. 8 per group: (f = log_ratios, F in row order, group sizes, order). At β/λ = ∞ the one-hot
+    goes to the largest raw log-ratio: f itself is ±∞ there, which would tie every positive ratio."""
+    f = log_ratios(logp_weak, logp_weak_ref, beta_over_lambda)
+    hard = math.isinf(beta_over_lambda)
+    weights, sizes, order = group_weights(logp_weak - logp_weak_ref if hard else f, group, hard)
+    return f, weights, sizes, order
+
+
 @dataclass
 class WeightStats:
     prompts: int = 0
@@ -109,9 +119,7 @@ class ShardWeighter:
             raise WeightsInputError(f"{shard}: prompt_id {names[codes[row]]!r} row {row} has a non-finite log-prob "
                                     f"(logp_weak={weak[row]}, logp_weak_ref={ref[row]}); {int(bad.sum())} such rows")
         self._check_not_split(names, shard)
-        f = log_ratios(weak, ref, self.beta_over_lambda)
-        hard = math.isinf(self.beta_over_lambda)
-        weights, sizes, order = group_weights(weak - ref if hard else f, codes, hard)
+        f, weights, sizes, order = eve_weights(weak, ref, self.beta_over_lambda, codes)
         if (sizes < 2).any():
             group_codes = np.unique(codes[order])
             small = names[int(group_codes[np.flatnonzero(sizes < 2)[0]])]
