@@ -11,13 +11,14 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
-def _json_finite(value):
+def json_finite(value):
+    """±inf / nan anywhere in plain JSON data → "Infinity" / "-Infinity" / "NaN" (JSON has no such numbers)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, dict):
-        return {key: _json_finite(item) for key, item in value.items()}
+        return {key: json_finite(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_json_finite(item) for item in value]
+        return [json_finite(item) for item in value]
     return value
 
 
@@ -29,4 +30,4 @@ class Section(BaseModel):
         """JSON has no infinity, and β/λ = ∞ is a valid value: JSON dumps carry ±inf/nan as the
         strings "Infinity"/"-Infinity"/"NaN", which validate back to floats. Without this, Prefect
         (deployment parameter defaults, the UI's run form) turns them into null, which fails."""
-        return _json_finite(handler(self))
+        return json_finite(handler(self))

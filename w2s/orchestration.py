@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -22,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from pydantic import BaseModel
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from pydantic_core import to_jsonable_python
 
 from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, local_path_of
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
+from w2s.config_base import json_finite
 from w2s.stage import Stage, last_outcome
 from w2s.tracking import RunContext
 
@@ -240,15 +240,7 @@ def json_parameters(value: Any) -> Any:
     """Flow-run parameters as strict JSON: ±inf / nan become the strings "Infinity", "-Infinity",
     "NaN", which pydantic reads back as floats (plain JSON has no such numbers, and Prefect's
     serialiser would turn them into null, which then fails validation, e.g. sweep.beta_over_lambda)."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dict):
-        return {key: json_parameters(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_parameters(item) for item in value]
-    return value
+    return json_finite(to_jsonable_python(value))
 
 
 def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config: PipelineConfig, cfg, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
