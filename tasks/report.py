@@ -23,7 +23,7 @@ from w2s.stage import Stage, StageOutput, execute
 from w2s.teacher_signal import signal_markdown
 from w2s.tracking import RunContext
 
-STAGE = Stage("report", version=2)  # 2: the teacher-signal section
+STAGE = Stage("report", version=3)  # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed
 
 
 class ReportSlice(BaseModel):
@@ -53,7 +53,7 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         markdown = render_markdown(result, images, cfg.title, sections).replace("](", "](figures/")
         writer.write_bytes("report.md", markdown.encode())
         writer.write_bytes("report.html", render_html(markdown, images).encode())
-        writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "warnings": result.warnings}, indent=1).encode())
+        writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "paired": result.paired_rows(), "warnings": result.warnings}, indent=1).encode())
         for path in [writer.path("report.md"), writer.path("report.html"), *images]:
             run.log_artifact(path)
         pgr_means = {name: mean_ci95(policy.pgr).mean for name, policy in result.policies.items()}

@@ -75,6 +75,8 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
         evaluations[f"eve/seed:{seed}"] = _samples(dict(zip(ids, [1.0 + shift, 1.0, 2.0, 0.0])),
                                                    {0.5: dict(zip(ids, [0.5, 0.5, 0.5, 0.5]))}, k3=0.3)
         evaluations[f"eve/seed:{seed}/beta_over_lambda:inf"] = _samples(dict(zip(ids, [0.5] * 4)))
+    evaluations["naive_sft/seed:0"] = _samples(dict(zip(ids, [1.0, 1.0, 1.0, 1.0])))  # P = 1.0 → PGR 1/3
+    evaluations["naive_sft/seed:1"] = _samples(dict(zip(ids, [2.0, 1.0, 1.0, 1.0])))  # P = 1.25 → PGR 0.5
     report = build_report(evaluations)
     eve = report.policies["eve"]
     # P_weak = 0.5, P_strong = 2.0; seed 0: P = 1.0 → PGR 1/3; seed 1: P = 1.05 → 0.55/1.5
@@ -91,6 +93,15 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     row = next(line for line in markdown.splitlines() if line.startswith("| eve |"))
     expected = mean_ci95([0.5 / 1.5, 0.55 / 1.5])
     assert str(expected) in row
+    # paired by seed: EVE − naive SFT = 1/3 − 1/3 = 0 on seed 0, 0.55/1.5 − 0.5 on seed 1 (naive SFT ahead)
+    paired = {r["baseline"]: r for r in report.paired_rows()}
+    assert set(paired) == {"naive_sft", "reference"}
+    differences = [0.0, 0.55 / 1.5 - 0.5]
+    assert paired["naive_sft"]["PGR(eve) − PGR(baseline)"] == str(mean_ci95(differences))
+    assert paired["naive_sft"]["seeds eve is ahead"] == "0/2"
+    # π_ref: P = 1.0 on both seeds → PGR 1/3; EVE is ahead only on seed 1
+    assert paired["reference"]["seeds eve is ahead"] == "1/2"
+    assert f"| naive_sft | {mean_ci95(differences)} | 0/2 |" in markdown
     page = render_html(markdown, images)
     assert page.count("data:image/png;base64,") == len(images) and "<td>eve</td>" in page
 

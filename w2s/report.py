@@ -64,6 +64,7 @@ class PolicyResult:
 
     p: list[float] = field(default_factory=list)
     pgr: list[float] = field(default_factory=list)
+    pgr_by_seed: dict[int, float] = field(default_factory=dict)
     win: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     curve: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))  # fraction → PGR per seed
@@ -79,6 +80,21 @@ class Report:
     def table_rows(self) -> list[dict[str, str]]:
         return [{"policy": name, "P(π)": str(mean_ci95(r.p)), "PGR": str(mean_ci95(r.pgr)), "win-rate": str(mean_ci95(r.win)),
                  "KL(π‖π_ref)": str(mean_ci95(r.kl)), "seeds": str(len(r.p))} for name, r in self.ordered()]
+
+    def paired_rows(self, method: str = "eve") -> list[dict[str, str]]:
+        """`method` minus each other method in PGR, paired by seed: the seeds share test prompts and
+        anchors, so the per-seed difference is far less noisy than comparing two unpaired CIs."""
+        if method not in self.policies:
+            return []
+        ours, rows = self.policies[method].pgr_by_seed, []
+        for name, result in self.ordered():
+            seeds = sorted(set(ours) & set(result.pgr_by_seed))
+            if name in (method, WEAK, STRONG) or not seeds:
+                continue
+            differences = [ours[s] - result.pgr_by_seed[s] for s in seeds]
+            rows.append({"baseline": name, f"PGR({method}) − PGR(baseline)": str(mean_ci95(differences)),
+                         f"seeds {method} is ahead": f"{sum(d > 0 for d in differences)}/{len(seeds)}"})
+        return rows
 
     def ordered(self) -> list[tuple[str, PolicyResult]]:
         """The anchors first (weak, reference, ceiling), then the methods in name order."""
@@ -134,6 +150,7 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
         result = policies.setdefault(label.policy, PolicyResult())
         result.p.append(_mean(final))
         result.pgr.append(value)
+        result.pgr_by_seed[label.seed] = value
         reference = anchor.get(REFERENCE)
         result.win.append(_paired_win(final, reference) if reference else math.nan)
         if "k3" in table.column_names:
@@ -223,6 +240,12 @@ def render_markdown(report: Report, images: list[Path], title: str, sections: tu
              "win-rate against the strong base π_ref_strong (ties ½); KL by the k3 estimator (§9.3). "
              "Mean ± 95 % CI over seeds.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+    paired = report.paired_rows()
+    if paired:
+        columns = list(paired[0])
+        lines += ["", "**EVE against each baseline, paired by seed** (mean ± 95 % CI of the per-seed difference)", "",
+                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in paired]
     for name, sweep in report.sweeps.items():
         lines += ["", f"| EVE, {'β/λ' if name == 'beta_over_lambda' else 'K'} | PGR |", "|---|---|"]
         lines += [f"| {'∞' if math.isinf(k) else f'{k:g}'} | {mean_ci95(v)} |" for k, v in sorted(sweep.items())]
