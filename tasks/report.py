@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.config_base import json_finite
 from w2s.evaluation import mean_ci95
 from w2s.orchestration import StageTask, artifact_inputs
 from w2s.report import build_report, plot_report, render_html, render_markdown
@@ -23,7 +24,7 @@ from w2s.stage import Stage, StageOutput, execute
 from w2s.teacher_signal import signal_markdown
 from w2s.tracking import RunContext
 
-STAGE = Stage("report", version=3)  # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed
+STAGE = Stage("report", version=4)  # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
 
 
 class ReportSlice(BaseModel):
@@ -53,7 +54,8 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         markdown = render_markdown(result, images, cfg.title, sections).replace("](", "](figures/")
         writer.write_bytes("report.md", markdown.encode())
         writer.write_bytes("report.html", render_html(markdown, images).encode())
-        writer.write_bytes("pgr.json", json.dumps({"rows": result.table_rows(), "paired": result.paired_rows(), "warnings": result.warnings}, indent=1).encode())
+        writer.write_bytes("pgr.json", json.dumps(json_finite({"rows": result.table_rows(), "paired": result.paired_rows(), "per_seed": result.per_seed(),
+                                                            "warnings": result.warnings}), indent=1, allow_nan=False).encode())
         for path in [writer.path("report.md"), writer.path("report.html"), *images]:
             run.log_artifact(path)
         pgr_means = {name: mean_ci95(policy.pgr).mean for name, policy in result.policies.items()}

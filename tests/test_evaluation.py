@@ -101,6 +101,8 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     assert paired["naive_sft"]["seeds eve is ahead"] == "0/2"
     # π_ref: P = 1.0 on both seeds → PGR 1/3; EVE is ahead only on seed 1
     assert paired["reference"]["seeds eve is ahead"] == "1/2"
+    assert report.per_seed()["naive_sft"] == {0: {"P": 1.0, "PGR": pytest.approx(0.5 / 1.5), "win-rate": 0.5},
+                                              1: {"P": 1.25, "PGR": pytest.approx(0.5), "win-rate": pytest.approx(0.625)}}
     assert f"| naive_sft | {mean_ci95(differences)} | 0/2 |" in markdown
     page = render_html(markdown, images)
     assert page.count("data:image/png;base64,") == len(images) and "<td>eve</td>" in page

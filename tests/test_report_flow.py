@@ -42,8 +42,11 @@ def test_sweep_runs_every_baseline_and_reports(tmp_path):
     report = _w2s("report", *settings, "--flow", "sweep", "--out", str(out), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-4000:]
     assert set(_cache(report.stdout)) and all(v == ["hit"] * len(v) for v in _cache(report.stdout).values()), report.stdout
-    rows = {row["policy"]: row for row in json.loads((out / "pgr.json").read_text())["rows"]}
+    written = json.loads((out / "pgr.json").read_text())
+    rows = {row["policy"]: row for row in written["rows"]}
     assert set(rows) == {"weak", "reference", "strong_ceiling", "eve", *BASELINE_POLICIES}
+    assert {row["baseline"] for row in written["paired"]} == {"reference", *BASELINE_POLICIES}
+    assert set(written["per_seed"]) == set(rows) and list(written["per_seed"]["eve"]) == ["0"]
     markdown = (out / "report.md").read_text()
     assert "| EVE, β/λ | PGR |" in markdown and "| ∞ |" in markdown
     assert (out / "figures" / "pgr_bars.png").stat().st_size > 1000 and "data:image/png;base64," in (out / "report.html").read_text()

@@ -64,7 +64,7 @@ class PolicyResult:
 
     p: list[float] = field(default_factory=list)
     pgr: list[float] = field(default_factory=list)
-    pgr_by_seed: dict[int, float] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)  # the seed of each entry of p, pgr and win
     win: list[float] = field(default_factory=list)
     kl: list[float] = field(default_factory=list)
     curve: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))  # fraction → PGR per seed
@@ -81,17 +81,23 @@ class Report:
         return [{"policy": name, "P(π)": str(mean_ci95(r.p)), "PGR": str(mean_ci95(r.pgr)), "win-rate": str(mean_ci95(r.win)),
                  "KL(π‖π_ref)": str(mean_ci95(r.kl)), "seeds": str(len(r.p))} for name, r in self.ordered()]
 
+    def per_seed(self) -> dict[str, dict[int, dict[str, float]]]:
+        """policy → seed → P, PGR and win-rate: what the mean ± CI rows summarise."""
+        return {name: {seed: {"P": p, "PGR": g, "win-rate": w} for seed, p, g, w in zip(r.seeds, r.p, r.pgr, r.win)}
+                for name, r in self.ordered()}
+
     def paired_rows(self, method: str = "eve") -> list[dict[str, str]]:
         """`method` minus each other method in PGR, paired by seed: the seeds share test prompts and
         anchors, so the per-seed difference is far less noisy than comparing two unpaired CIs."""
         if method not in self.policies:
             return []
-        ours, rows = self.policies[method].pgr_by_seed, []
-        for name, result in self.ordered():
-            seeds = sorted(set(ours) & set(result.pgr_by_seed))
+        pgr_by_seed = {name: {seed: values["PGR"] for seed, values in seeds.items()} for name, seeds in self.per_seed().items()}
+        ours, rows = pgr_by_seed[method], []
+        for name, theirs in pgr_by_seed.items():
+            seeds = sorted(set(ours) & set(theirs))
             if name in (method, WEAK, STRONG) or not seeds:
                 continue
-            differences = [ours[s] - result.pgr_by_seed[s] for s in seeds]
+            differences = [ours[s] - theirs[s] for s in seeds]
             rows.append({"baseline": name, f"PGR({method}) − PGR(baseline)": str(mean_ci95(differences)),
                          f"seeds {method} is ahead": f"{sum(d > 0 for d in differences)}/{len(seeds)}"})
         return rows
@@ -150,7 +156,7 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
         result = policies.setdefault(label.policy, PolicyResult())
         result.p.append(_mean(final))
         result.pgr.append(value)
-        result.pgr_by_seed[label.seed] = value
+        result.seeds.append(label.seed)
         reference = anchor.get(REFERENCE)
         result.win.append(_paired_win(final, reference) if reference else math.nan)
         if "k3" in table.column_names:
