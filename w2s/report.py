@@ -91,7 +91,7 @@ class Report:
         anchors, so the per-seed difference is far less noisy than comparing two unpaired CIs."""
         if method not in self.policies:
             return []
-        pgr_by_seed = {name: {seed: values["PGR"] for seed, values in seeds.items()} for name, seeds in self.per_seed().items()}
+        pgr_by_seed = {name: dict(zip(r.seeds, r.pgr)) for name, r in self.ordered()}
         ours, rows = pgr_by_seed[method], []
         for name, theirs in pgr_by_seed.items():
             seeds = sorted(set(ours) & set(theirs))
@@ -240,18 +240,13 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
 # ----------------------------------------------------------------------------------------- render
 def render_markdown(report: Report, images: list[Path], title: str, sections: tuple[list[str], ...] = ()) -> str:
     """`sections`: further Markdown blocks (lines) placed after the tables, before the warnings."""
-    rows = report.table_rows()
-    header = list(rows[0]) if rows else ["policy"]
     lines = [f"# {title}", "", "PGR = (P(π) − P(π_weak)) / (P(π_strong) − P(π_weak)) on the gold reward (§9.5); "
              "win-rate against the strong base π_ref_strong (ties ½); KL by the k3 estimator (§9.3). "
-             "Mean ± 95 % CI over seeds.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+             "Mean ± 95 % CI over seeds.", "", *_markdown_table(report.table_rows(), empty_header=["policy"])]
     paired = report.paired_rows()
     if paired:
-        columns = list(paired[0])
         lines += ["", "**EVE against each baseline, paired by seed** (mean ± 95 % CI of the per-seed difference)", "",
-                  "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in paired]
+                  *_markdown_table(paired)]
     for name, sweep in report.sweeps.items():
         lines += ["", f"| EVE, {'β/λ' if name == 'beta_over_lambda' else 'K'} | PGR |", "|---|---|"]
         lines += [f"| {'∞' if math.isinf(k) else f'{k:g}'} | {mean_ci95(v)} |" for k, v in sorted(sweep.items())]
@@ -261,6 +256,12 @@ def render_markdown(report: Report, images: list[Path], title: str, sections: tu
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in report.warnings]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_table(rows: list[dict[str, str]], empty_header: list[str] | None = None) -> list[str]:
+    header = list(rows[0]) if rows else (empty_header or [])
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(row[h] for h in header) + " |" for row in rows])
 
 
 def render_html(markdown_text: str, images: list[Path]) -> str:

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from w2s.weights import eve_weights
+from w2s.weights import eve_weights, group_ess
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ def teacher_signal(prompt_ids: list[str], logp_weak: np.ndarray, logp_weak_ref: 
     for beta in sorted(set(betas) | {0.0}):
         _, weights, _, _ = eve_weights(weak, ref, beta, group)  # β/λ = 0: uniform
         per_prompt = np.bincount(group, weights * gold) / np.bincount(group)
-        ess = np.bincount(group, weights) ** 2 / np.bincount(group, weights**2)
-        points.append(SignalPoint(beta, float(per_prompt.mean()), float(ess.mean())))
+        points.append(SignalPoint(beta, float(per_prompt.mean()), float(group_ess(weights, group, len(members)).mean())))
     accuracy, pairs = _pairwise(delta, gold, members)
     top1, chance = _top1(delta, gold, members)
     return TeacherSignal(

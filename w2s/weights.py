@@ -74,6 +74,12 @@ def eve_weights(logp_weak: np.ndarray, logp_weak_ref: np.ndarray, beta_over_lamb
     return f, weights, sizes, order
 
 
+def group_ess(weights: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Effective sample size (ΣF)²/ΣF² of each group: K for uniform weights, 1 for one-hot."""
+    total = np.bincount(group, weights=weights, minlength=n_groups)
+    return total**2 / np.bincount(group, weights=weights * weights, minlength=n_groups)
+
+
 @dataclass
 class WeightStats:
     prompts: int = 0
@@ -145,9 +151,7 @@ class ShardWeighter:
 
     def _diagnose(self, weights: np.ndarray, codes: np.ndarray, sizes: np.ndarray, names: list[str]) -> pa.Table:
         n_groups = len(names)
-        total = np.bincount(codes, weights=weights, minlength=n_groups)
-        squares = np.bincount(codes, weights=weights * weights, minlength=n_groups)
-        ess = total**2 / squares
+        ess = group_ess(weights, codes, n_groups)
         peak = np.full(n_groups, -np.inf)
         np.maximum.at(peak, codes, weights)
         self.stats.prompts += n_groups
