@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.classification import experiments as ex
 from w2s.classification.config import (
     ClsDataConfig, FeatureSlice, StudentSlice, TeacherSlice, seeds_of, student_slice,
@@ -42,7 +42,7 @@ EPOCHS = Stage("cls_epochs", version=1)
 
 
 def local(ctx: RunContext, ref: ArtifactRef) -> Path:
-    return ArtifactStore(ctx.artifact_root).materialise(ref)
+    return store_for(ctx.artifact_root).materialise(ref)
 
 
 def read_json(ctx: RunContext, ref: ArtifactRef, name: str = "results.json"):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, select_pairs
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
@@ -38,7 +38,7 @@ def dpo_weak_reward(ctx: RunContext, cfg: TrainingSlice, scores: ArtifactRef, st
         raise ValueError("dpo_weak_reward needs a DPO config (baselines.dpo_weak_reward carries beta)")
 
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         table = read_scores(shard_paths(scores, store), f"{scores.stage} artifact {scores.uri}")
         pairs, counts = select_pairs(table)
         if counts["pairs"] < cfg.train.batch_size:

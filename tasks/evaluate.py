@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
 from w2s.generation import answer_each, pinned_backend
@@ -62,7 +62,7 @@ def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermedi
 def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
                     kl_ref: ArtifactRef | None = None) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         test = pq.read_table(store.materialise(data) / "test.parquet")
         test = test.slice(0, min(cfg.evaluation.n_prompts or test.num_rows, test.num_rows))
         if test.num_rows == 0:

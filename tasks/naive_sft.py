@@ -10,7 +10,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir
@@ -22,7 +22,7 @@ STAGE = Stage("naive_sft", version=1)
 
 def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         d_weak = pq.read_table(store.materialise(demos) / "weak_demos.parquet")
         table = pa.table({"prompt": d_weak["prompt"], "completion": d_weak["response"], "finish_reason": d_weak["finish_reason"]})
         writer.write_parquet("train/d_weak.parquet", table)

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_weak_demos, refined_completion
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, RefinementConfig, TrainingEngineConfig
 from w2s.generation import Engine, Request, derive_seed, pinned_backend, refinement_prompt
@@ -88,7 +88,7 @@ def refined_table(d_weak: pa.Table, requests: list[Request], records: dict, rewa
 
 def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         d_weak = read_weak_demos(store.materialise(demos), f"{demos.stage} artifact {demos.uri}")
         if d_weak.num_rows < cfg.refinement.train.batch_size:
             raise ValueError(f"D_weak has {d_weak.num_rows} rows, fewer than baselines.refinement.train.batch_size "

@@ -15,7 +15,7 @@ import shutil
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.config_base import json_finite
 from w2s.evaluation import mean_ci95
 from w2s.orchestration import StageTask, artifact_inputs
@@ -40,7 +40,7 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         raise ValueError("the report needs at least one evaluation")
 
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         tables = {label: pq.read_table(store.materialise(ref) / "samples.parquet") for label, ref in evaluations.items()}
         result = build_report(tables)
         with writer.folder("figures") as staging:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
 from w2s.orchestration import StageTask
@@ -107,7 +107,7 @@ def sampling(
     params = cfg.sampling
 
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         demos = read_exemplars(exemplars, store, params.num_shots)
         student = pq.read_table(store.materialise(data) / "student.parquet", columns=["prompt_id", "prompt"])
         requests, plain, fewshot = build_requests(cfg, demos, student)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from w2s import faults
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
 from w2s.orchestration import StageTask
@@ -57,7 +57,7 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
 
 def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         weak_model, tokenizer = load_pretrained(model_dir(weak, store))
         ref_model, _ = load_pretrained(model_dir(weak_ref, store))
         models = [weak_model.eval(), ref_model.eval()]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import effective_sample_size, evaluator_weights, read_weak_demos
 from w2s.config import PipelineConfig, StrongEvaluatorConfig
 from w2s.orchestration import StageTask
@@ -58,7 +58,7 @@ class StrongEvaluatorSlice(TrainingSlice):
 def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: ArtifactRef, strong: ArtifactRef,
                      weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         d_weak = read_weak_demos(store.materialise(demos), f"{demos.stage} artifact {demos.uri}")
         if d_weak.num_rows < cfg.train.batch_size:
             raise ValueError(f"D_weak has {d_weak.num_rows} rows, fewer than baselines.strong_evaluator.batch_size "

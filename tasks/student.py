@@ -9,7 +9,7 @@ artifact for the PGR-over-training curve. A killed run resumes from its last Dee
 
 from __future__ import annotations
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tables import model_dir, shard_paths
@@ -21,7 +21,7 @@ STAGE = Stage("student", version=1)
 
 def student(ctx: RunContext, cfg: TrainingSlice, weights: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         shards = [path for _, path in shard_paths(weights, store)]
         if not shards:
             raise ValueError(f"the weights artifact {weights.uri} has no shards")

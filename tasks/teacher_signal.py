@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 import pyarrow.parquet as pq
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, read_weak_demos
 from w2s.config import GoldRewardSpec, PipelineConfig, SweepConfig
 from w2s.config_base import Section
@@ -42,7 +42,7 @@ class TeacherSignalSlice(Section):
 def teacher_signal_stage(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, demos: ArtifactRef,
                          scores: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         samples = read_scores(shard_paths(scores, store), scores.stage)
         student = pq.read_table(store.materialise(data) / "student.parquet", columns=["prompt_id", "meta"])
         meta_of = dict(zip(student.column("prompt_id").to_pylist(), student.column("meta").to_pylist()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
 from w2s.theory.config import TheoryConfig
@@ -37,7 +37,7 @@ def theory_runs(ctx: RunContext, cfg: TheoryConfig) -> ArtifactRef:
 
 def theory_plots(ctx: RunContext, cfg: TheoryConfig, runs: ArtifactRef) -> ArtifactRef:
     def body(writer, run_) -> StageOutput:
-        frame = pd.read_parquet(ArtifactStore(ctx.artifact_root).materialise(runs) / "tasks.parquet")
+        frame = pd.read_parquet(store_for(ctx.artifact_root).materialise(runs) / "tasks.parquet")
         metrics = fractions(frame, cfg.theorem_tol)
         for (setting, loss), _ in frame.groupby(["setting", "loss"], sort=False):
             rel = f"misfit_gain_{setting}_{loss}.png"

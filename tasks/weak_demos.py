@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
 from w2s.generation import answer_each, derive_seed, pinned_backend
 from w2s.orchestration import StageTask
@@ -66,7 +66,7 @@ def _with_answers(table: pa.Table, answers: dict[str, dict], reward) -> pa.Table
 
 def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         folder = store.materialise(data)
         demo_prompts = pq.read_table(folder / "weak_demo.parquet")
         pool = pq.read_table(folder / "exemplar.parquet")

