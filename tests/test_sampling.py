@@ -86,7 +86,8 @@ def check_samples(table: pa.Table, refs: dict[str, ArtifactRef], cfg: SamplingSt
 
 _RUN = """
 import json, os, signal, sys
-from w2s.artifacts import ArtifactRef, StageWriter
+from w2s.artifacts import ArtifactRef
+from w2s.writer import StageWriter
 from w2s.tracking import RunContext
 from tasks.sampling import SamplingStageConfig, sampling
 args = json.loads(sys.argv[1])

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import REPO
 from w2s.config_io import load_config
 from w2s.models.build import load_pretrained
-from w2s.stage import last_outcome
+from w2s.stage import collect_outcomes
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,11 @@ def test_changing_dpo_beta_reruns_weak_dpo_but_not_weak_sft(tiny_pipeline):
     config = tiny_pipeline["config"]
     changed = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={config.run.artifact_root}", "weak_dpo.beta=0.3"])
     ctx = tiny_pipeline["ctx"]
-    sft = weak_sft(ctx, training_slice(changed.weak_sft, changed), data=tiny_pipeline["data"], base=tiny_pipeline["base"])
-    assert sft == tiny_pipeline["sft"] and last_outcome("weak_sft", sft.key).cache == "hit"
-    dpo = weak_dpo(ctx, training_slice(changed.weak_dpo, changed), data=tiny_pipeline["data"], weak_ref=sft)
-    assert dpo.key != tiny_pipeline["dpo"].key and last_outcome("weak_dpo", dpo.key).cache == "miss"
+    with collect_outcomes() as outcomes:
+        sft = weak_sft(ctx, training_slice(changed.weak_sft, changed), data=tiny_pipeline["data"], base=tiny_pipeline["base"])
+        dpo = weak_dpo(ctx, training_slice(changed.weak_dpo, changed), data=tiny_pipeline["data"], weak_ref=sft)
+    assert sft == tiny_pipeline["sft"] and dpo.key != tiny_pipeline["dpo"].key
+    assert [(o.stage, o.key, o.cache) for o in outcomes] == [("weak_sft", sft.key, "hit"), ("weak_dpo", dpo.key, "miss")]
 
 
 def test_bad_preferences_named_before_training(ctx):

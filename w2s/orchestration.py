@@ -31,7 +31,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config_base import json_finite
-from w2s.stage import Outcome, Stage, log_cached, outcome_sink
+from w2s.stage import Stage, collect_outcomes, log_cached
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -151,13 +151,9 @@ class StageTask:
             retries=retry.retries,
             retry_delay_seconds=retry_delays(retry),
         )
-        outcomes: list[Outcome] = []
-        token = outcome_sink.set(outcomes)
-        try:
+        with collect_outcomes() as outcomes:
             state = configured(ctx, cfg, return_state=True, **inputs)
             state.result()  # raises the stage's error
-        finally:
-            outcome_sink.reset(token)
         wall = time.perf_counter() - started
         if outcomes:  # the body ran: it computed, or found the artifact another run had just made
             last = outcomes[-1]

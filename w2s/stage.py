@@ -14,7 +14,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,17 @@ class Outcome:
 # Where `execute` tells its caller (the Prefect adapter's stage table) whether it computed: a
 # context-local list the caller sets, so concurrent flows and threads never see each other's.
 outcome_sink: contextvars.ContextVar[list[Outcome] | None] = contextvars.ContextVar("w2s_outcomes", default=None)
+
+
+@contextmanager
+def collect_outcomes() -> Iterator[list[Outcome]]:
+    """The outcomes of every `execute` inside the block (this context only), in order."""
+    found: list[Outcome] = []
+    token = outcome_sink.set(found)
+    try:
+        yield found
+    finally:
+        outcome_sink.reset(token)
 
 
 def _report(outcome: Outcome) -> None:

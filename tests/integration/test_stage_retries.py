@@ -24,7 +24,7 @@ def flaky(ctx, cfg: DataConfig):
     def body(writer, run):
         # What this attempt finds from the one before it: whole files and no manifest.
         SEEN.append({"manifest": (writer.dir / MANIFEST).exists(),
-                     "files": sorted(p.name for p in writer.dir.iterdir())})
+                     "files": sorted(p.name for p in writer.dir.iterdir() if not p.name.startswith("."))})
         writer.write_parquet("part-0.parquet", pa.table({"x": list(range(cfg.n_student))}))
         faults.checkpoint(STAGE.name, 1)  # W2S_FAIL_ONCE=flaky:1 raises here, after part-0 is written
         writer.write_parquet("part-1.parquet", pa.table({"x": list(range(cfg.n_student, 2 * cfg.n_student))}))
@@ -83,7 +83,8 @@ def test_without_retries_the_failure_leaves_no_manifest(ctx, fail_once):
     store = ArtifactStore(ctx.artifact_root)
     key = STAGE.key(DataConfig(n_student=16), {})
     folder = store.local_root / "flaky" / key
-    assert sorted(p.name for p in folder.iterdir()) == ["part-0.parquet"]  # a whole file, no manifest
+    assert sorted(p.name for p in folder.iterdir()) == [".partial", "part-0.parquet"]  # a whole, sealed file, no manifest
+    assert ArtifactStore(ctx.artifact_root).writer("flaky", key, 1, {}, {}).reuse("part-0.parquet")
     assert pq.read_table(folder / "part-0.parquet").num_rows == 16
     assert store.lookup("flaky", key) is None
     # the fault fired once; the rerun completes and the stage is done exactly once

@@ -21,6 +21,7 @@ is discarded and recomputed, never loaded.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -38,6 +39,8 @@ from w2s.training.data import TrainData, batch_indices, collate, completion_toke
 from w2s.training.objectives import OBJECTIVES, dpo_loss, normaliser, sequence_logps, weighted_nll
 from w2s.training.reference import REF_FILE, reference_logps, resolve_ref_logps, write_ref_logps
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class Checkpoint:
@@ -158,25 +161,34 @@ def train(
         stored = {k: pointer.get(k) for k in meta}
         if stored != meta:
             raise ValueError(f"{resume_path} holds the state of a different run ({stored}); delete it to start over")
-        eng.load_resume(ds_engine, resume_path, pointer)
-        start = pointer["step"]
+        # a checkpoint before the resume point cannot be re-exported from resumed weights
+        earlier = [s for s in ckpt_steps if s <= pointer["step"] and s != total]
+        damaged = [s for s in earlier if not eng.rank0_decides(lambda s=s: pieces.reuse(_checkpoint_dir(out_dir, s)))]
+        if damaged:
+            log.warning("checkpoints %s are missing or damaged: resume state discarded, training starts over", damaged)
+            eng.discard_resume(resume_path, resume_pieces)
+            pointer = None
 
     ref = None
     if objective == "dpo":
+        # before any resume state loads: a missing or damaged table is recomputed from the initial
+        # weights, which a resumed engine no longer holds, so the resume state goes with it
         if ref_logps is None and eng.rank0_decides(lambda: pieces.reuse(out_dir / REF_FILE)):
             ref_logps = out_dir / REF_FILE  # computed before a kill, and its seal still matches
         if ref_logps is None:
-            # recomputing from the initial weights: only valid before the first step
-            if start:
+            if pointer is not None:
+                log.warning("%s is missing or damaged: resume state discarded, DPO starts over", out_dir / REF_FILE)
                 eng.discard_resume(resume_path, resume_pieces)
-                raise RuntimeError(f"resuming dpo at step {start} but {out_dir / REF_FILE} is gone or damaged; "
-                                   "its resume state was discarded: rerun to start over")
+                pointer = None
             ref = reference_logps(ds_engine.module, data, cfg.micro_batch_size, ds_engine.device)
             if eng.rank() == 0:
                 write_ref_logps(out_dir / REF_FILE, data, ref)
                 pieces.seal(out_dir / REF_FILE)
         else:
             ref = resolve_ref_logps(ref_logps, data)
+    if pointer is not None:
+        eng.load_resume(ds_engine, resume_path, pointer)
+        start = pointer["step"]
 
     job = _Job(ds_engine, data, weights, ref, cfg, engine, objective, tokenizer, total, ckpt_steps, seed,
                out_dir, model_dir, meta, run, on_step, progress, pieces, resume_path, resume_pieces)
@@ -225,8 +237,12 @@ class _Job:
     resume_pieces: PartialFiles
 
 
+def _checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / "checkpoints" / f"step-{step:07d}"
+
+
 def _export_checkpoint(job: _Job, done: int) -> None:
-    folder = job.out_dir / "checkpoints" / f"step-{done:07d}"
+    folder = _checkpoint_dir(job.out_dir, done)
     if eng.rank0_decides(lambda: job.pieces.reuse(folder)):
         return  # exported before a kill, same weights, and its seal still matches
     eng.export_hf(job.ds_engine, job.tokenizer, folder, job.cfg, job.model_dir)

@@ -1,0 +1,120 @@
+"""Attacks on a real artifact root (configs/tiny.yaml through the CLI: real Prefect, MLflow,
+DeepSpeed): every kind of damaged file is recomputed to a clean run's digests, a pickle planted in
+the resume state never runs, and two identical runs started together compute each stage once."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from flows.stages import EVE_TRAINING as STAGES
+from tests.conftest import REPO
+from tests.test_flow_resume import SETTINGS, _digests, _run, _table
+from tests.test_partial import flip_byte, truncate
+
+
+def _damage_targets(root):
+    """One file of every kind a rerun may meet: finished shards of the three table stages, a DPO
+    reference table, a final model, a training checkpoint of the killed stage, its resume state, a
+    manifest and a Prefect record."""
+    one = lambda pattern: sorted(root.glob(pattern))[0]  # noqa: E731
+    return {
+        "sampling shard": one("sampling/*/shards/part-00000.parquet"),
+        "scoring shard": one("scoring/*/shards/part-00001.parquet"),
+        "weights shard": one("weights/*/shards/part-00000.parquet"),
+        "ref log-probs": one("weak_dpo/*/ref_logps.parquet"),
+        "final model": one("weak_sft/*/model/model.safetensors"),
+        "checkpoint": one("student/*/checkpoints/step-*/model.safetensors"),
+        "resume state": one("student/*/.resume/step-*/mp_rank_00_model_states.pt"),
+        "manifest": one("data/*/manifest.json"),
+        "prefect record": one("_prefect/results/w2s-strong_base-*"),
+    }
+
+
+def _payload(marker) -> bytes:
+    code = f"open({str(marker)!r}, 'w').write('pwned')"
+    return pickle.dumps(type("P", (), {"__reduce__": lambda self: (exec, (code,))})())
+
+
+@pytest.mark.slow
+def test_every_kind_of_damaged_file_is_recomputed_to_a_clean_runs_digests(tmp_path):
+    clean = _run(tmp_path / "clean")
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    killed = _run(tmp_path / "flip", die_at="student:3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    shutil.copytree(tmp_path / "flip", tmp_path / "truncate")
+
+    marker = tmp_path / "marker"
+    for variant, hurt in (("flip", flip_byte), ("truncate", truncate)):
+        root = tmp_path / variant
+        targets = _damage_targets(root)
+        for kind, path in targets.items():
+            if kind == "resume state" and variant == "flip":
+                path.write_bytes(_payload(marker))  # a pickle that would run code when loaded
+            else:
+                hurt(path)
+        rerun = _run(root)
+        assert rerun.returncode == 0, (variant, rerun.stderr[-3000:])
+        assert not marker.exists(), "a pickle planted in the artifact root was unpickled"
+        assert _digests(root) == _digests(tmp_path / "clean"), variant
+        cache = _table(rerun.stdout)
+        for stage in ("data", "sampling", "scoring", "weights", "weak_sft", "weak_dpo", "student"):
+            assert cache[stage] == "miss", (variant, stage, rerun.stdout)  # each damaged artifact was rebuilt
+        assert cache["strong_base"] == "hit"  # a damaged Prefect record is only a marker
+
+
+def _start(root, name):
+    out, err = open(root.parent / f"{name}.out", "w"), open(root.parent / f"{name}.err", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "w2s.cli", "run", "--config", str(REPO / "configs" / "tiny.yaml"),
+         "--set", f"run.artifact_root={root}", "--until", "student", *SETTINGS],
+        cwd=root.parent, env={k: v for k, v in os.environ.items() if k != "W2S_DIE_AT"},
+        stdout=out, stderr=err, start_new_session=True,
+    )
+    return proc, out, err
+
+
+def _together(root, names):
+    started = [_start(root, name) for name in names]
+    results = {}
+    for name, (proc, out, err) in zip(names, started):
+        try:
+            code = proc.wait(timeout=900)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the embedded Prefect server child
+            except ProcessLookupError:
+                pass
+            out.close()
+            err.close()
+        results[name] = (code, (root.parent / f"{name}.out").read_text(), (root.parent / f"{name}.err").read_text(), proc.pid)
+    return results
+
+
+@pytest.mark.slow
+def test_two_identical_runs_started_together_compute_each_stage_once(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    cold = _together(root, ["a", "b"])
+    for name, (code, _, err, _) in cold.items():
+        assert code == 0, (name, err[-3000:])
+    tables = {name: _table(stdout) for name, (_, stdout, _, _) in cold.items()}
+    pids = {pid for (_, _, _, pid) in cold.values()}
+    for stage in STAGES:
+        assert sorted([tables["a"][stage], tables["b"][stage]]) == ["hit", "miss"], (stage, tables)
+        manifest = json.loads(next((root / stage).glob("*/manifest.json")).read_text())
+        assert manifest["info"]["computed_by"]["pid"] in pids
+    digests = _digests(root)  # one artifact per stage, never two
+
+    warm = _together(root, ["c", "d"])
+    for name, (code, stdout, err, _) in warm.items():
+        assert code == 0, (name, err[-3000:])
+        assert set(_table(stdout).values()) == {"hit"}, stdout
+    assert _digests(root) == digests
