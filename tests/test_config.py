@@ -57,6 +57,13 @@ BAD = {
     "bad_literal": ("engines: {generation: {backend: tgi}}\n", "engines.generation.backend"),
     "missing_model_path": ("models: {strong: {source: hf, path: /nonexistent/llama}}\n", "models.strong.path: no such model folder"),
     "hf_without_path": ("models: {weak: {source: hf}}\n", "needs a path"),
+    "duplicate_key": ("sampling: {k: 4}\nweights: {beta_over_lambda: 1}\nsampling: {k: 8}\n", "duplicate key 'sampling'"),
+    "alias_bomb": ("a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", "expands to more than 100,000 values"),
+    "nan_learning_rate": ("student: {learning_rate: .nan}\n", "student.learning_rate: Input should be a finite number"),
+    "inf_learning_rate": ("weak_sft: {learning_rate: .inf}\n", "weak_sft.learning_rate: Input should be a finite number"),
+    "missing_deepspeed_config": ("engines: {training: {deepspeed_config: /nonexistent/zero0.json}}\n",
+                                 "engines.training.deepspeed_config: no such file"),
+    "too_many_samples": ("sampling: {k: 100000}\ndata: {n_student: 1000}\n", "exceeds the limit of 10,000,000"),
 }
 
 
@@ -76,6 +83,50 @@ def test_bad_config_rejected_before_compute(tmp_path, case):
     assert len(error_lines) == 1 and expected in error_lines[0], result.stderr
     assert not root.exists(), "nothing may be written to the artifact root"
     assert not list(tmp_path.rglob("mlflow.db")) and not (tmp_path / "mlruns").exists()
+
+
+RUN_SECTION = {
+    "empty_root": ("run: {artifact_root: ''}\n", "run.artifact_root"),
+    "unreachable_tracking": ("run: {artifact_root: ROOT, tracking_uri: 'http://127.0.0.1:9'}\n",
+                             "run.tracking_uri: 'http://127.0.0.1:9' is not reachable within 3 s"),
+    "malformed_tracking": ("run: {artifact_root: ROOT, tracking_uri: 'sqlite:/x.db'}\n", "run.tracking_uri: 'sqlite:/x.db': expected sqlite:///"),
+    "remote_root_without_tracking": ("run: {artifact_root: 's3://bucket/w2s'}\n", "run.tracking_uri is required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_SECTION))
+def test_bad_run_section_rejected_before_compute(tmp_path, case):
+    text, expected = RUN_SECTION[case]
+    root = tmp_path / "artifacts"
+    config = tmp_path / "bad.yaml"
+    config.write_text(text.replace("ROOT", str(root)))
+    result = _run_cli("run", "--config", str(config), cwd=tmp_path)
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(error_lines) == 1 and expected in error_lines[0], result.stderr
+    assert not root.exists() and not list(tmp_path.rglob("mlflow.db"))
+
+
+def test_non_utf8_config_is_one_line(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("run: {experiment: 'caf\u00e9'}\n".encode("latin-1"))
+    result = _run_cli("config", "validate", str(config), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "not UTF-8" in result.stderr
+
+
+def test_null_or_numeric_prompts_are_named_by_the_data_stage(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from w2s.config import DataConfig
+    from w2s.data.splits import build_tables
+
+    rows = [{"prompt": f"POST {i}", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(30)]
+    rows[7]["prompt"] = None
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prefs.parquet")
+    cfg = DataConfig(source="hf", n_preference=10, n_weak_demo=5, n_exemplar_pool=2, n_student=5, n_test=5,
+                     hf={"path": "parquet", "data_files": str(tmp_path / "prefs.parquet")})
+    with pytest.raises(ValueError, match=r"row 7: \['prompt'\] must be non-empty text"):
+        build_tables(cfg)
 
 
 def test_unwritable_root_rejected(tmp_path):

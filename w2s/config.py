@@ -31,7 +31,7 @@ from w2s.config_ops import (  # noqa: F401  (re-exported: w2s.config is where se
 class RunConfig(Section):
     seed: int = Field(0, description="Seed for sampling and training (data has its own seed).")
     artifact_root: str = Field(
-        "artifacts", description="Folder or fsspec URL (s3://...) holding every stage's artifacts."
+        "artifacts", min_length=1, pattern=r"\S", description="Folder or fsspec URL (s3://...) holding every stage's artifacts."
     )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default sqlite:///<artifact_root>/mlflow.db."
@@ -152,7 +152,7 @@ class LoraConfig(Section):
 class TrainConfig(Section):
     """Shared by every training stage. Paper §9.2 (GPU): batch 128, lr 1e-6, cosine, warmup 150."""
 
-    learning_rate: float = Field(1e-6, gt=0)
+    learning_rate: float = Field(1e-6, gt=0, allow_inf_nan=False)
     warmup_steps: int = Field(150, ge=0)
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     batch_size: PositiveInt = Field(128, description="Sequences per optimiser step (global).")
@@ -232,7 +232,8 @@ class ScoringConfig(Section):
 
 class WeightsConfig(Section):
     beta_over_lambda: float = Field(
-        1.0, gt=0, description="β/λ of eq. 8 (paper default 1; .inf gives uniform weights)."
+        1.0, gt=0, description="β/λ of eq. 8 (paper default 1); → 0 gives uniform weights, .inf one-hot "
+        "(eq. 8's limits; the paper's prose states them the other way round)."
     )
 
     @field_validator("beta_over_lambda")
@@ -322,6 +323,10 @@ class RunScoped(Section):
         return RunContext(artifact_root=root, tracking_uri=self.tracking_uri, experiment=self.run.experiment)
 
 
+# A bound that catches typos (k: 40000) before hours of sampling; 10× the paper's 92k prompts × 8.
+MAX_SAMPLED_ROWS = 10_000_000
+
+
 class PipelineConfig(RunScoped):
     data: DataConfig = DataConfig()
     models: ModelsConfig = ModelsConfig()
@@ -337,6 +342,13 @@ class PipelineConfig(RunScoped):
     sweep: SweepConfig = SweepConfig()
     engines: EnginesConfig = EnginesConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+
+    @model_validator(mode="after")
+    def _sampling_fits(self) -> PipelineConfig:
+        rows = self.sampling.k * self.data.n_student
+        if rows > MAX_SAMPLED_ROWS:
+            raise ValueError(f"sampling.k × data.n_student = {rows:,} rows exceeds the limit of {MAX_SAMPLED_ROWS:,}")
+        return self
 
     @model_validator(mode="after")
     def _reward_fits_data(self) -> PipelineConfig:

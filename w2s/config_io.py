@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from w2s.config import ModelSpec, PipelineConfig
+from w2s.content import local_paths
 
 
 class ConfigError(ValueError):
@@ -35,11 +36,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -49,16 +52,44 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
-    return _unshared(data)
+    try:
+        return _unshared(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
-def _unshared(node: Any) -> Any:
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`; keys given beside it override the merged ones, as YAML says
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# A config has a few hundred values; anchors/aliases that expand past this are an alias bomb.
+MAX_CONFIG_NODES = 100_000
+
+
+def _unshared(node: Any, budget: list[int] | None = None) -> Any:
     """A copy with no shared sub-objects: a YAML anchor (&x / *x) loads as one object referenced
-    twice, so a `--set` into one section would silently change every section that aliases it."""
+    twice, so a `--set` into one section would silently change every section that aliases it.
+    Expanding aliases is bounded, so a "billion laughs" file fails fast instead of eating memory."""
+    budget = [MAX_CONFIG_NODES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"config expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases?)")
     if isinstance(node, dict):
-        return {key: _unshared(value) for key, value in node.items()}
+        return {key: _unshared(value, budget) for key, value in node.items()}
     if isinstance(node, list):
-        return [_unshared(value) for value in node]
+        return [_unshared(value, budget) for value in node]
     return node
 
 
@@ -132,7 +163,39 @@ def preflight(cfg: PipelineConfig) -> None:
         for file in [files] if isinstance(files, str) else files:
             if "://" not in file and not any(ch in file for ch in "*?[") and not Path(file).exists():
                 raise ConfigError(f"data.hf.data_files: no such file {file!r}")
+    ds_json = cfg.engines.training.deepspeed_config
+    if ds_json is not None and not local_paths(ds_json):
+        raise ConfigError(f"engines.training.deepspeed_config: no such file {ds_json!r}")
     check_writable_root(cfg.run.artifact_root)
+    try:
+        uri = cfg.tracking_uri
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    check_tracking_uri(uri)
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
+    """A tracking URI MLflow can use, reachable within seconds (not minutes of client retries)."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            raise ConfigError(f"run.tracking_uri: {uri!r}: expected sqlite:///<path>")
+        return
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return  # something answered: MLflow (or a proxy in front of it) is up
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(f"run.tracking_uri: {uri!r} is not reachable within {timeout_s:g} s ({reason})") from None
+        return
+    if scheme in ("databricks", "file", "postgresql", "mysql", "mssql") or uri.startswith("/"):
+        return
+    raise ConfigError(f"run.tracking_uri: {uri!r}: expected sqlite:///<path>, http(s)://host:port or another MLflow backend URI")
 
 
 def _check_model(key: str, spec: ModelSpec) -> None:

@@ -48,15 +48,16 @@ def _client(tracking_uri: str):
     starting together on a fresh root would otherwise both migrate it and leave it half-done)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     if tracking_uri.startswith("sqlite:///") and tracking_uri not in _initialised:
         from w2s.locks import exclusive
 
         db = Path(tracking_uri[len("sqlite:///"):])
         with exclusive(db.with_name(f".{db.name}.init.lock")):
-            client.search_experiments(max_results=1)  # builds the store: creates or migrates the schema
+            client = MlflowClient(tracking_uri=tracking_uri)  # builds the store: creates or migrates the schema
+            client.search_experiments(max_results=1)
         _initialised.add(tracking_uri)
-    return client
+        return client
+    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def experiment_id(ctx: RunContext) -> str:

@@ -89,6 +89,11 @@ def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     if missing:
         raise ValueError(f"data.hf: dataset {spec.path!r} lacks columns {missing} (has {dataset.column_names})")
     rows = dataset.select_columns(list(columns)).to_list()
+    for index, row in enumerate(rows):
+        bad = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
+        if bad:
+            raise ValueError(f"data.hf: {spec.path!r} row {index}: {bad} must be non-empty text "
+                             f"(got {[row[c] for c in bad]!r:.200})")
     prompts = list(dict.fromkeys(row[spec.prompt_column] for row in rows))
     random.Random(cfg.seed).shuffle(prompts)
     sizes = split_sizes(cfg)
