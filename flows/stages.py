@@ -1,9 +1,12 @@
-"""Stage names of each flow in run order (importable without Prefect, for `w2s --help`)."""
+"""Stage names of each flow in run order (w2s/stage_names.py is where they are defined)."""
 
-EVE_TRAINING = ("data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights", "student")
-ANCHORS = ("strong_sft", "strong_dpo", "evaluate_weak", "evaluate_reference", "evaluate_strong_ceiling")
-BASELINE_POLICIES = ("naive_sft", "refinement", "dpo_weak_reward", "strong_evaluator")
-
-STAGES = EVE_TRAINING + ANCHORS + ("evaluate_eve", "teacher_signal", "report")  # the `eve` flow
-BASELINE_STAGES = (EVE_TRAINING + BASELINE_POLICIES + ANCHORS + ("evaluate_eve",)
-                   + tuple(f"evaluate_{name}" for name in BASELINE_POLICIES) + ("teacher_signal", "report"))
+from w2s.stage_names import (  # noqa: F401
+    ALL_STAGES,
+    ANCHORS,
+    BASELINE_POLICIES,
+    BASELINE_STAGES,
+    CLASSIFICATION_STAGES,
+    EVE_TRAINING,
+    STAGES,
+    THEORY_STAGES,
+)

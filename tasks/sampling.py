@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from tqdm.auto import tqdm
 
+from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
@@ -146,6 +147,7 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
             if table.num_rows != len(chunk) * params.k:
                 raise RuntimeError(f"shard {index}: {table.num_rows} rows, expected {len(chunk) * params.k}")
             writer.write_parquet(rel, table)
+            faults.checkpoint("sampling", index + 1)  # tests: W2S_DIE_AT=sampling:1 dies after shard 0
             gen_s += result.wall_s
             totals["generated_tokens"] += result.generated_tokens
             totals["prefill_requested"] += result.prefill_requested

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from w2s.content import content_input
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from w2s.config_base import PositiveInt, Section
 
@@ -69,6 +69,16 @@ class OrchestrationConfig(Section):
     retry: RetryConfig = RetryConfig()
     stage_retry: dict[str, RetryConfig] = Field({}, description="Per-stage overrides, by stage name.")
     offload: OffloadConfig = OffloadConfig()
+
+    @model_validator(mode="after")
+    def _known_stages(self) -> OrchestrationConfig:
+        from w2s.stage_names import ALL_STAGES, unknown_stages
+
+        for key, names in (("stage_retry", list(self.stage_retry)), ("offload.stages", self.offload.stages)):
+            unknown = unknown_stages(names)
+            if unknown:
+                raise ValueError(f"{key}: unknown stage {unknown[0]!r} (stages: {', '.join(ALL_STAGES)})")
+        return self
 
     def retry_for(self, stage: str) -> RetryConfig:
         return self.stage_retry.get(stage, self.retry)

@@ -37,13 +37,26 @@ from w2s.tracking import RunContext
 RECORD_PREFIX = "w2s"
 
 
-def prefect_records_dir(artifact_root: str) -> Path:
-    local = local_path_of(artifact_root)
-    if local is None:  # remote roots keep Prefect's records in its local storage path
-        from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+_record_blocks: dict[str, Any] = {}
 
-        return Path(PREFECT_LOCAL_STORAGE_PATH.value()) / "w2s"
-    return local.absolute() / "_prefect" / "results"
+
+def prefect_records_dir(artifact_root: str):
+    """Where Prefect keeps its cache records: on the artifact root itself, so any machine that
+    reads the root sees them (a local folder, or for s3://… a RemoteFileSystem block, saved once
+    per process because Prefect only persists to saved blocks; credentials stay in the
+    environment, as for every other access to the root)."""
+    local = local_path_of(artifact_root)
+    if local is not None:
+        return local.absolute() / "_prefect" / "results"
+    if artifact_root not in _record_blocks:
+        import hashlib
+
+        from prefect.filesystems import RemoteFileSystem
+
+        block = RemoteFileSystem(basepath=f"{artifact_root.rstrip('/')}/_prefect/results")
+        block.save(f"w2s-records-{hashlib.sha256(artifact_root.encode()).hexdigest()[:12]}", overwrite=True)
+        _record_blocks[artifact_root] = block
+    return _record_blocks[artifact_root]
 
 
 def artifact_inputs(inputs: dict[str, Any]) -> dict[str, ArtifactRef]:
@@ -117,6 +130,22 @@ def retry_delays(retry: RetryConfig) -> list[float]:
 
 
 STAGE_TASKS: dict[str, StageTask] = {}
+
+
+def all_stage_tasks() -> dict[str, StageTask]:
+    """Every stage task of every flow, by name (importing the flows registers them; the
+    evaluation stages exist per policy and are made here)."""
+    import flows.baselines  # noqa: F401
+    import flows.eve  # noqa: F401
+    import flows.w2s_classification  # noqa: F401
+    import flows.w2s_theory  # noqa: F401
+    from tasks.evaluate import evaluate_task
+    from w2s.stage_names import ALL_STAGES
+
+    for name in ALL_STAGES:
+        if name.startswith("evaluate_"):
+            evaluate_task(name.removeprefix("evaluate_"))
+    return dict(STAGE_TASKS)
 
 
 class StageTask:
@@ -219,9 +248,17 @@ EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "pipeline_config.yaml"
 def embedded_default() -> PipelineConfig:
     """The flow's parameter default: pipeline_config.yaml where the repository is (a checkout, the
     images), so the Prefect UI's run form starts from it; the schema defaults elsewhere."""
-    from w2s.config_io import load_config
+    from w2s.config_io import ConfigError, load_config
 
-    return load_config(EMBEDDED_DEFAULT) if EMBEDDED_DEFAULT.exists() else PipelineConfig()
+    if not EMBEDDED_DEFAULT.exists():
+        return PipelineConfig()
+    try:
+        return load_config(EMBEDDED_DEFAULT)
+    except ConfigError as exc:  # a broken repo default must not break `w2s run --config other.yaml`
+        import logging
+
+        logging.getLogger(__name__).warning("the flow's default form falls back to the schema defaults: %s", exc)
+        return PipelineConfig()
 
 
 def infrastructure_overrides() -> dict[str, str]:
@@ -271,12 +308,12 @@ def offload_stage(offload: OffloadConfig, stage: Stage, key: str, ctx: RunContex
 
 @flow(name="eve-stage", log_prints=True)
 def eve_stage(stage: str, config: PipelineConfig, ctx: RunContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
-    """One stage of the EVE flow on its own (the target of offload): same task, retries and cache."""
-    import flows.eve  # noqa: F401  (registers every stage task)
+    """One stage of any flow on its own (the target of offload): same task, retries and cache."""
     # A deployment loads this file by path, as a module of its own: the registry the stage tasks
     # filled is the one of the importable w2s.orchestration.
-    from w2s.orchestration import STAGE_TASKS as registry
+    from w2s.orchestration import all_stage_tasks
 
+    registry = all_stage_tasks()
     if stage not in registry:
         raise ValueError(f"eve-stage: unknown stage {stage!r}; one of {', '.join(registry)}")
     local = config.model_copy(update={"orchestration": config.orchestration.model_copy(update={"offload": OffloadConfig()})})

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from w2s.evaluation import Interval, mean_ci95, pgr, win_rate
+from w2s.evaluation import mean_ci95, pgr, win_rate
 
 WEAK, STRONG, REFERENCE = "weak", "strong_ceiling", "reference"
 

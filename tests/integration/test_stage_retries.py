@@ -16,7 +16,7 @@ from w2s.config import DataConfig, OrchestrationConfig, PipelineConfig, RetryCon
 from w2s.orchestration import StageTask, orchestration_of, retry_delays
 from w2s.stage import Stage, StageOutput, execute
 
-STAGE = Stage("flaky", 1)
+STAGE = Stage("weights", 901)  # a stand-in under a real stage name (stage_retry only names real stages)
 SEEN: list[dict] = []
 
 
@@ -26,7 +26,7 @@ def flaky(ctx, cfg: DataConfig):
         SEEN.append({"manifest": (writer.dir / MANIFEST).exists(),
                      "files": sorted(p.name for p in writer.dir.iterdir() if not p.name.startswith("."))})
         writer.write_parquet("part-0.parquet", pa.table({"x": list(range(cfg.n_student))}))
-        faults.checkpoint(STAGE.name, 1)  # W2S_FAIL_ONCE=flaky:1 raises here, after part-0 is written
+        faults.checkpoint(STAGE.name, 1)  # W2S_FAIL_ONCE=weights:1 raises here, after part-0 is written
         writer.write_parquet("part-1.parquet", pa.table({"x": list(range(cfg.n_student, 2 * cfg.n_student))}))
         return StageOutput({"rows": 2 * cfg.n_student})
 
@@ -44,14 +44,14 @@ def flaky_flow(ctx, config: PipelineConfig):
 def _config(retries: int) -> PipelineConfig:
     return PipelineConfig(data=DataConfig(n_student=16),
                           orchestration=OrchestrationConfig(retry=RetryConfig(retries=0),
-                                                            stage_retry={"flaky": RetryConfig(retries=retries, delay_s=0.2)}))
+                                                            stage_retry={"weights": RetryConfig(retries=retries, delay_s=0.2)}))
 
 
 def test_retry_delays_and_slices():
     assert retry_delays(RetryConfig(retries=3, delay_s=2, backoff=3)) == [2, 6, 18]
     assert retry_delays(RetryConfig(retries=0)) == []
     config = _config(2)
-    assert orchestration_of(config).retry_for("flaky").retries == 2
+    assert orchestration_of(config).retry_for("weights").retries == 2
     assert orchestration_of(config).retry_for("data").retries == 0
     assert orchestration_of(config.data) == OrchestrationConfig()  # a bare slice: no retries
     # how a stage is run never changes what it computes: orchestration is in no stage's slice
@@ -60,7 +60,7 @@ def test_retry_delays_and_slices():
 
 @pytest.fixture
 def fail_once(monkeypatch, tmp_path):
-    monkeypatch.setenv(faults.ENV_FAIL_ONCE, "flaky:1")
+    monkeypatch.setenv(faults.ENV_FAIL_ONCE, "weights:1")
     monkeypatch.setenv(faults.ENV_FAULT_DIR, str(tmp_path / "faults"))
     SEEN.clear()
 
@@ -69,7 +69,7 @@ def test_failing_attempt_is_retried_and_commits_whole_artifact(ctx, fail_once):
     ref = flaky_flow(ctx, _config(retries=1))
     assert SEEN == [{"manifest": False, "files": []}, {"manifest": False, "files": ["part-0.parquet"]}]
     store = ArtifactStore(ctx.artifact_root)
-    manifest = store.read_manifest("flaky", ref.key)
+    manifest = store.read_manifest("weights", ref.key)
     assert [f.path for f in manifest.files] == ["part-0.parquet", "part-1.parquet"]
     assert store.problems(manifest) == [] and ref.rows == 32
     values = pq.read_table(ref.local_dir() / "part-1.parquet").column("x").to_pylist()
@@ -82,22 +82,22 @@ def test_without_retries_the_failure_leaves_no_manifest(ctx, fail_once):
         flaky_flow(ctx, _config(retries=0))
     store = ArtifactStore(ctx.artifact_root)
     key = STAGE.key(DataConfig(n_student=16), {})
-    folder = store.local_root / "flaky" / key
+    folder = store.local_root / "weights" / key
     assert sorted(p.name for p in folder.iterdir()) == [".partial", "part-0.parquet"]  # a whole, sealed file, no manifest
-    assert ArtifactStore(ctx.artifact_root).writer("flaky", key, 1, {}, {}).reuse("part-0.parquet")
+    assert ArtifactStore(ctx.artifact_root).writer("weights", key, 901, {}, {}).reuse("part-0.parquet")
     assert pq.read_table(folder / "part-0.parquet").num_rows == 16
-    assert store.lookup("flaky", key) is None
+    assert store.lookup("weights", key) is None
     # the fault fired once; the rerun completes and the stage is done exactly once
     ref = flaky_flow(ctx, _config(retries=0))
-    assert ref.key == key and store.lookup("flaky", key) == ref
+    assert ref.key == key and store.lookup("weights", key) == ref
     assert json.loads((folder / MANIFEST).read_text())["metrics"]["rows"] == 32
 
 
 def test_fail_once_at_stage_start(ctx, monkeypatch, tmp_path):
     """Every stage task has fault point <stage>:0 at the start of each attempt."""
-    monkeypatch.setenv(faults.ENV_FAIL_ONCE, "flaky:0")
+    monkeypatch.setenv(faults.ENV_FAIL_ONCE, "weights:0")
     monkeypatch.setenv(faults.ENV_FAULT_DIR, str(tmp_path / "faults"))
     SEEN.clear()
     flaky_flow(ctx, _config(retries=1))
     assert len(SEEN) == 1  # the first attempt failed before the body ran
-    assert (tmp_path / "faults" / "fired-flaky-0").exists()
+    assert (tmp_path / "faults" / "fired-weights-0").exists()
