@@ -38,7 +38,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-_SINGLE_PROCESS_MARK = "W2S_SINGLE_PROCESS_PID"
+SINGLE_PROCESS_MARK = "W2S_SINGLE_PROCESS_PID"
 
 
 def setup_environment() -> None:
@@ -49,13 +49,19 @@ def setup_environment() -> None:
     # Defaults a parent process set for *itself* (e.g. pytest training in-process, then running the
     # CLI as a child) are inherited but wrong here: its port is taken. The marker tells them apart
     # from a real launcher's environment.
-    if "RANK" not in os.environ or os.environ.get(_SINGLE_PROCESS_MARK) not in (None, str(os.getpid())):
+    if "RANK" not in os.environ or os.environ.get(SINGLE_PROCESS_MARK) not in (None, str(os.getpid())):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ[_SINGLE_PROCESS_MARK] = str(os.getpid())
+        os.environ[SINGLE_PROCESS_MARK] = str(os.getpid())
         # a port of our own: another process (a test's subprocess, a colleague) may hold a fixed one
         if not torch.distributed.is_initialized():
             os.environ["MASTER_PORT"] = str(_free_port())
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def in_launcher() -> bool:
+    """True in a rank the `deepspeed` launcher started (not in a process that only set single-
+    process defaults for itself, which also sets LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ and os.environ.get(SINGLE_PROCESS_MARK) != str(os.getpid())
 
 
 def rank() -> int:

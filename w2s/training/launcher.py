@@ -11,6 +11,7 @@ parent returns. A Table given as ref_logps is written to Parquet for the childre
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,7 @@ def _config_class(dotted: str) -> type[TrainConfig]:
 
 
 def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed):
-    from w2s.training.engine import _free_port
+    from w2s.training.engine import SINGLE_PROCESS_MARK, _free_port
     from w2s.training.trainer import TrainResult
 
     out = Path(out_dir)
@@ -55,7 +56,9 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
                "--module", "w2s.training.launcher", str(spec_path)]
-    completed = subprocess.run(command)
+    # the single-process defaults this process may have set for itself must not reach the ranks
+    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
+    completed = subprocess.run(command, env={k: v for k, v in os.environ.items() if k not in own})
     if completed.returncode != 0:
         raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)

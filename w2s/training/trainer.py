@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -130,7 +129,7 @@ def train(
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
     if objective == "dpo" and not isinstance(cfg, DPOConfig):
         raise ValueError("objective 'dpo' needs a DPOConfig (it carries beta)")
-    if engine.world_size > 1 and "LOCAL_RANK" not in os.environ:
+    if engine.world_size > 1 and not eng.in_launcher():
         from w2s.training.launcher import launch
 
         return launch(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
@@ -198,6 +197,7 @@ def train(
     checkpoints = [Checkpoint(s, s / total, "model" if s == total else f"checkpoints/step-{s:07d}") for s in ckpt_steps]
     summary = {f"final_{k}": v for k, v in (history[-1] if history else {}).items()}
     summary.update({f"data_{k}": v for k, v in data.stats.items()})
+    summary["world_size"] = float(eng.world_size())
     if history:
         summary["mean_tokens_per_s"] = sum(h["tokens_per_s"] for h in history) / len(history)
     result = TrainResult(str(out_dir / "model"), checkpoints, summary, total, start or None, history)
