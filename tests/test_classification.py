@@ -194,5 +194,5 @@ def test_cli_rejects_a_bad_classification_config_before_any_compute(tmp_path, ca
     assert main(["classification", "--config", str(config)]) == 2
     assert "aux.alpha_max" in capsys.readouterr().err
     assert main(["classification", "--config", str(config), "--set", "aux.alpha_max=0.5", "--set", "data.n_tests=3"]) == 2
-    assert "data.n_tests: unknown key" in capsys.readouterr().err
+    assert "unknown key 'data.n_tests'" in capsys.readouterr().err
     assert not (tmp_path / "art").exists()

@@ -45,6 +45,29 @@ def test_second_run_in_a_new_process_executes_no_stage_body(tmp_path):
     assert _run(root, marker)["rows"][0]["cache"] == "hit"
 
 
+def test_a_copied_or_moved_root_reads_its_own_files(tmp_path):
+    """Prefect records hold the reference of the root they were written on; the reference a stage
+    returns comes from the store on the current root, so a copy never reads the original's files
+    and a moved root keeps working."""
+    import shutil
+
+    original, marker = tmp_path / "original", tmp_path / "marker"
+    _run(original, marker)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    shard = next((original / "rows").glob("*/rows.parquet"))
+    shard.write_bytes(shard.read_bytes()[:-5])  # the original is damaged after the copy
+    copied = _run(copy, marker)
+    assert [r["cache"] for r in copied["rows"]] == ["hit", "hit"]
+    assert all(r["uri"].startswith(str(copy)) for r in copied["rows"]), copied["rows"]
+    moved = tmp_path / "moved"
+    shutil.move(copy, moved)
+    after_move = _run(moved, marker)
+    assert [r["cache"] for r in after_move["rows"]] == ["hit", "hit"]
+    assert all(r["uri"].startswith(str(moved)) for r in after_move["rows"])
+    assert _bodies(marker) == ["rows", "scaled"], "only the first run may have computed"
+
+
 def test_mlflow_run_tree_reads_back(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -72,3 +95,35 @@ def test_mlflow_run_tree_reads_back(tmp_path):
     miss_run = client.search_runs([experiment.experiment_id], filter_string="tags.`w2s.cache` = 'miss' and tags.`w2s.stage` = 'scaled'")[0]
     artifacts = [a.path for a in client.list_artifacts(miss_run.info.run_id)]
     assert "manifest.json" in artifacts
+
+
+def test_a_stage_call_computes_its_key_once_and_a_warm_rerun_hashes_nothing(tmp_path, monkeypatch):
+    import hashlib
+    from collections import Counter
+
+    import tests.two_stage_flow as two
+    from w2s.stage import Stage
+
+    keys, hashed = Counter(), Counter()
+    original_key, original_digest = Stage.key, hashlib.file_digest
+
+    def counting_key(self, cfg, inputs):
+        keys[self.name] += 1
+        return original_key(self, cfg, inputs)
+
+    def counting_digest(handle, name):
+        hashed[getattr(handle, "name", "?")] += 1
+        return original_digest(handle, name)
+
+    monkeypatch.setattr(Stage, "key", counting_key)
+    monkeypatch.setattr(hashlib, "file_digest", counting_digest)
+    monkeypatch.setattr(two, "MARKER", str(tmp_path / "marker"))
+    root = str(tmp_path / "root")
+    cold = two.two_stage(root)
+    assert [r.cache for r in cold.rows] == ["miss", "miss"] and dict(keys) == {"rows": 1, "scaled": 1}
+    assert all(count == 1 for count in hashed.values()), hashed  # sealed once; the manifest reuses the seal's digest
+    keys.clear()
+    hashed.clear()
+    warm = two.two_stage(root)
+    assert [r.cache for r in warm.rows] == ["hit", "hit"] and dict(keys) == {"rows": 1, "scaled": 1}
+    assert not hashed, hashed  # verified in the cold run; the store's memo holds for unchanged files

@@ -207,7 +207,7 @@ class ArtifactStore:
             if info.get("size") != entry.bytes:
                 found.append(f"{entry.path}: {info.get('size')} bytes, manifest says {entry.bytes}")
                 continue
-            memo = (path, info.get("size"), info.get("mtime") or info.get("LastModified"), info.get("ETag"), entry.sha256)
+            memo = self._memo_key(path, info, entry.sha256)
             if self._verified.get(memo):
                 continue
             with self.fs.open(path, "rb") as handle:
@@ -217,6 +217,16 @@ class ArtifactStore:
             else:
                 self._verified[memo] = True
         return found
+
+    @staticmethod
+    def _memo_key(path: str, info: dict, sha256: str) -> tuple:
+        return (path, info.get("size"), info.get("mtime") or info.get("LastModified"), info.get("ETag"), sha256)
+
+    def remember_verified(self, manifest: Manifest) -> None:
+        """The files a writer just hashed and committed need no second hashing by the next lookup."""
+        for entry in manifest.files:
+            path = self.remote_path(manifest.stage, manifest.key, entry.path)
+            self._verified[self._memo_key(path, self.fs.info(path), entry.sha256)] = True
 
     def materialise(self, ref: ArtifactRef, cache_dir: str | os.PathLike | None = None) -> Path:
         """A local folder with the artifact's files, each verified against the manifest (a

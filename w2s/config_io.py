@@ -12,26 +12,31 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from w2s.config import ModelSpec, PipelineConfig
 from w2s.content import local_paths
+
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class ConfigError(ValueError):
     """A config problem found before any compute; the message is one line."""
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, schema: type[S] = PipelineConfig) -> S:
+    """The one loader of every schema (EVE, classification, theory): YAML file, then `--set`
+    overrides, then validation; every problem is a one-line ConfigError."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml_mapping(path)
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_mapping(raw, source=str(path) if path else "defaults")
+    return validate_mapping(raw, source=str(path) if path else "defaults", schema=schema)
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
@@ -114,19 +119,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def validate_mapping(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
+def validate_mapping(raw: dict[str, Any], source: str = "config", schema: type[S] = PipelineConfig) -> S:
     try:
-        return PipelineConfig.model_validate(copy.deepcopy(raw))
+        return schema.model_validate(copy.deepcopy(raw))
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: {format_validation_error(exc, schema)}") from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, schema: type[BaseModel] = PipelineConfig) -> str:
     first = exc.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
     kind = first["type"]
     if kind == "extra_forbidden":
-        parent_model = _model_at(PipelineConfig, first["loc"][:-1])
+        parent_model = _model_at(schema, first["loc"][:-1])
         allowed = ", ".join(parent_model.model_fields) if parent_model else "?"
         message = f"unknown key '{key}' (allowed here: {allowed})"
     elif kind == "literal_error":

@@ -31,7 +31,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config_base import json_finite
-from w2s.stage import Stage, collect_outcomes, log_cached
+from w2s.stage import Stage, collect_outcomes, log_cached, planned_key
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -180,7 +180,7 @@ class StageTask:
             retries=retry.retries,
             retry_delay_seconds=retry_delays(retry),
         )
-        with collect_outcomes() as outcomes:
+        with collect_outcomes() as outcomes, planned_key(self.stage.name, key):
             state = configured(ctx, cfg, return_state=True, **inputs)
             state.result()  # raises the stage's error
         wall = time.perf_counter() - started

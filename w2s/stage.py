@@ -86,6 +86,24 @@ def collect_outcomes() -> Iterator[list[Outcome]]:
         outcome_sink.reset(token)
 
 
+# The key the caller (the Prefect adapter) already computed for a stage call, so it is computed once.
+_planned: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("w2s_planned_key", default=None)
+
+
+@contextmanager
+def planned_key(stage: str, key: str) -> Iterator[None]:
+    token = _planned.set((stage, key))
+    try:
+        yield
+    finally:
+        _planned.reset(token)
+
+
+def _key(stage: Stage, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
+    planned = _planned.get()
+    return planned[1] if planned is not None and planned[0] == stage.name else stage.key(cfg, inputs)
+
+
 def _report(outcome: Outcome) -> None:
     sink = outcome_sink.get()
     if sink is not None:
@@ -98,8 +116,8 @@ def execute(ctx: RunContext, stage: Stage, cfg: BaseModel, inputs: Mapping[str, 
     reuses it."""
     started = time.perf_counter()
     store = store_for(ctx.artifact_root)
-    key = stage.key(cfg, inputs)
-    found = store.lookup(stage.name, key)
+    key = _key(stage, cfg, inputs)
+    found = store.lookup(stage.name, key)  # verified; the store's memo makes a repeat a stat() only
     if found is None:
         waiting = lambda: log.info("%s: another run is computing %s; waiting to reuse it", stage.name, key)  # noqa: E731
         with store.lock(stage.name, key, on_wait=waiting):

@@ -191,6 +191,7 @@ class StageWriter:
                 self.mirror.upload(entry.path, entry.sha256)
             self.store.fs.pipe_file(self.store.remote_path(self.stage, self.key, MANIFEST), body)
         atomic_write_bytes(self.dir / MANIFEST, body)
+        self.store.remember_verified(manifest)
         return self.store.ref_of(manifest)
 
     def manifest_path(self) -> Path:

@@ -156,20 +156,7 @@ def student_slice(config: ClassificationConfig, **extra) -> StudentSlice:
 
 
 def load_classification_config(path=None, overrides: list[str] | None = None) -> ClassificationConfig:
-    """YAML file + `--set key=value` overrides → the validated config; problems raise ConfigError (one line)."""
-    from pydantic import ValidationError
+    """YAML file + `--set key=value` overrides → the validated config (w2s.config_io.load_config)."""
+    from w2s.config_io import load_config
 
-    from w2s.config_io import ConfigError, apply_override, read_yaml_mapping
-
-    raw = read_yaml_mapping(path) if path is not None else {}
-    for item in overrides or []:
-        apply_override(raw, item)
-    try:
-        return ClassificationConfig.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<root>"
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        got = first.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        raise ConfigError(f"{path or 'defaults'}: {key}: {message}{shown}") from None
+    return load_config(path, overrides, schema=ClassificationConfig)

@@ -59,18 +59,7 @@ class TheoryPipelineConfig(RunScoped):
 
 
 def load_theory_config(path: str | None = None, overrides: list[str] | None = None) -> TheoryPipelineConfig:
-    import copy
+    """YAML file + `--set key=value` overrides → the validated config (w2s.config_io.load_config)."""
+    from w2s.config_io import load_config
 
-    from pydantic import ValidationError
-
-    from w2s.config_io import ConfigError, apply_override, read_yaml_mapping
-
-    raw = read_yaml_mapping(path) if path is not None else {}
-    for item in overrides or []:
-        apply_override(raw, item)
-    try:
-        return TheoryPipelineConfig.model_validate(copy.deepcopy(raw))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "<root>"
-        raise ConfigError(f"{path or 'defaults'}: {key}: {first['msg']} (got {first.get('input')!r})") from None
+    return load_config(path, overrides, schema=TheoryPipelineConfig)
