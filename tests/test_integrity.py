@@ -5,18 +5,16 @@ the resume state never runs, and two identical runs started together compute eac
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from flows.stages import EVE_TRAINING as STAGES
-from tests.conftest import REPO
-from tests.test_flow_resume import SETTINGS, _digests, _run, _table
+from tests.cli_runs import STAGES, child_env, finish, start, tiny_run_args
+from tests.cli_runs import run_tiny as _run
+from tests.cli_runs import stage_table as _table
+from tests.test_flow_resume import _digests
 from tests.test_partial import flip_byte, truncate
 
 
@@ -70,32 +68,14 @@ def test_every_kind_of_damaged_file_is_recomputed_to_a_clean_runs_digests(tmp_pa
         assert cache["strong_base"] == "hit"  # a damaged Prefect record is only a marker
 
 
-def _start(root, name):
-    out, err = open(root.parent / f"{name}.out", "w"), open(root.parent / f"{name}.err", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "w2s.cli", "run", "--config", str(REPO / "configs" / "tiny.yaml"),
-         "--set", f"run.artifact_root={root}", "--until", "student", *SETTINGS],
-        cwd=root.parent, env={k: v for k, v in os.environ.items() if k != "W2S_DIE_AT"},
-        stdout=out, stderr=err, start_new_session=True,
-    )
-    return proc, out, err
-
-
 def _together(root, names):
-    started = [_start(root, name) for name in names]
-    results = {}
-    for name, (proc, out, err) in zip(names, started):
-        try:
-            code = proc.wait(timeout=900)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the embedded Prefect server child
-            except ProcessLookupError:
-                pass
-            out.close()
-            err.close()
-        results[name] = (code, (root.parent / f"{name}.out").read_text(), (root.parent / f"{name}.err").read_text(), proc.pid)
-    return results
+    """Runs started at the same moment on one root; {name: (returncode, stdout, stderr, pid)}."""
+    procs = {name: start(tiny_run_args(root), root.parent, child_env(), root.parent / name) for name in names}
+    return {name: (*_outcome(finish(proc, root.parent / name)), proc.pid) for name, proc in procs.items()}
+
+
+def _outcome(done):
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest.mark.slow

@@ -7,17 +7,15 @@ fresh Prefect home (another machine, as far as Prefect knows) shows the stages C
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from flows.stages import EVE_TRAINING as STAGES
-from tests.conftest import REPO
-from tests.test_flow_resume import SETTINGS, _digests, _run, _table
+from tests.cli_runs import STAGES, child_env, finish, start, tiny_run_args
+from tests.cli_runs import run_tiny as _run
+from tests.cli_runs import stage_table as _table
+from tests.test_flow_resume import _digests
 
 pytestmark = pytest.mark.slow
 BUCKET = "w2s-test"
@@ -42,28 +40,13 @@ def s3(tmp_path_factory):
 
 
 def _remote_run(cwd, env, root, die_at=None, prefect_home=None):
-    cwd.mkdir(parents=True, exist_ok=True)
-    extra = {**env, **({"W2S_DIE_AT": die_at} if die_at else {})}
+    extra = {**env, "W2S_STAGING_DIR": str(cwd / "staging")}  # each "pod" stages on its own disk
     if prefect_home is not None:
         extra |= {"PREFECT_HOME": str(prefect_home), "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "storage"),
                   "PREFECT_LOGGING_LEVEL": "INFO"}
-    base = {k: v for k, v in os.environ.items() if k != "W2S_DIE_AT"}
-    with open(cwd / "out", "w") as out, open(cwd / "err", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "w2s.cli", "run", "--config", str(REPO / "configs" / "tiny.yaml"),
-             "--set", f"run.artifact_root={root}", "--set", f"run.tracking_uri=sqlite:///{cwd.parent}/mlflow.db",
-             "--until", "student", *SETTINGS],
-            cwd=cwd, env={**base, **extra, "W2S_STAGING_DIR": str(cwd / "staging")}, stdout=out, stderr=err,
-            start_new_session=True,
-        )
-        try:
-            code = proc.wait(timeout=900)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    return code, (cwd / "out").read_text(), (cwd / "err").read_text()
+    args = tiny_run_args(root, "--set", f"run.tracking_uri=sqlite:///{cwd.parent}/mlflow.db")
+    done = finish(start(args, cwd, child_env(die_at, **extra), cwd / "log"), cwd / "log")
+    return done.returncode, done.stdout, done.stderr
 
 
 def _remote_manifests(env, root):
