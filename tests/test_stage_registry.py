@@ -9,12 +9,26 @@ from w2s.config_io import ConfigError, load_config
 from w2s.stage_names import ALL_STAGES
 
 
-def test_every_registered_stage_task_is_named_and_every_name_has_a_task():
-    from w2s.orchestration import all_stage_tasks
+REGISTRY = """
+import json
+from w2s.orchestration import all_stage_tasks
+registry = all_stage_tasks()
+print(json.dumps({name: task.stage.name for name, task in registry.items()}))
+"""
 
-    registry = all_stage_tasks()
+
+def test_every_registered_stage_task_is_named_and_every_name_has_a_task():
+    # a fresh process: tests register stand-in stage tasks of their own in this one
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = subprocess.run([sys.executable, "-c", REGISTRY], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    registry = json.loads(out.stdout.strip().splitlines()[-1])
     assert sorted(registry) == sorted(ALL_STAGES)
-    assert all(task.stage.name == name for name, task in registry.items())
+    assert all(stage == name for name, stage in registry.items())
 
 
 @pytest.mark.parametrize("override", ["orchestration.offload.stages=[sampling, scorin]",

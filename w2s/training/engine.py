@@ -49,7 +49,7 @@ def setup_environment() -> None:
     # Defaults a parent process set for *itself* (e.g. pytest training in-process, then running the
     # CLI as a child) are inherited but wrong here: its port is taken. The marker tells them apart
     # from a real launcher's environment.
-    if "RANK" not in os.environ or os.environ.get(SINGLE_PROCESS_MARK) not in (None, str(os.getpid())):
+    if not in_launcher() and os.environ.get(SINGLE_PROCESS_MARK) != str(os.getpid()):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ[SINGLE_PROCESS_MARK] = str(os.getpid())
         # a port of our own: another process (a test's subprocess, a colleague) may hold a fixed one
@@ -58,10 +58,16 @@ def setup_environment() -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
+LAUNCHED_MARK = "W2S_LAUNCHED_RANK"  # set by w2s/training/launcher.py for the ranks it starts
+
+
 def in_launcher() -> bool:
-    """True in a rank the `deepspeed` launcher started (not in a process that only set single-
-    process defaults for itself, which also sets LOCAL_RANK)."""
-    return "LOCAL_RANK" in os.environ and os.environ.get(SINGLE_PROCESS_MARK) != str(os.getpid())
+    """True in a rank a launcher started: ours (marked), or another one (torchrun, a cluster's)
+    that set LOCAL_RANK itself. False in a process whose LOCAL_RANK are single-process defaults,
+    its own or inherited from a parent that trained (they carry SINGLE_PROCESS_MARK)."""
+    if os.environ.get(LAUNCHED_MARK) == "1":
+        return True
+    return "LOCAL_RANK" in os.environ and SINGLE_PROCESS_MARK not in os.environ
 
 
 def rank() -> int:

@@ -35,7 +35,7 @@ def _config_class(dotted: str) -> type[TrainConfig]:
 
 
 def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed):
-    from w2s.training.engine import SINGLE_PROCESS_MARK, _free_port
+    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK, _free_port
     from w2s.training.trainer import TrainResult
 
     out = Path(out_dir)
@@ -58,7 +58,8 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
                "--module", "w2s.training.launcher", str(spec_path)]
     # the single-process defaults this process may have set for itself must not reach the ranks
     own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
-    completed = subprocess.run(command, env={k: v for k, v in os.environ.items() if k not in own})
+    env = {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
+    completed = subprocess.run(command, env=env)
     if completed.returncode != 0:
         raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
