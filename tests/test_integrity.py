@@ -5,7 +5,6 @@ the resume state never runs, and two identical runs started together compute eac
 from __future__ import annotations
 
 import json
-import pickle
 import shutil
 import signal
 
@@ -15,7 +14,7 @@ from tests.cli_runs import STAGES, child_env, finish, start, tiny_run_args
 from tests.cli_runs import run_tiny as _run
 from tests.cli_runs import stage_table as _table
 from tests.test_flow_resume import _digests
-from tests.test_partial import flip_byte, truncate
+from tests.test_partial import _payload, flip_byte, truncate
 
 
 def _damage_targets(root):
@@ -34,11 +33,6 @@ def _damage_targets(root):
         "manifest": one("data/*/manifest.json"),
         "prefect record": one("_prefect/results/w2s-strong_base-*"),
     }
-
-
-def _payload(marker) -> bytes:
-    code = f"open({str(marker)!r}, 'w').write('pwned')"
-    return pickle.dumps(type("P", (), {"__reduce__": lambda self: (exec, (code,))})())
 
 
 @pytest.mark.slow
