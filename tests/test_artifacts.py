@@ -13,6 +13,7 @@ import pytest
 from w2s.artifacts import MANIFEST, ArtifactStore, Manifest, cache_key
 from w2s.config import PipelineConfig
 from w2s.stage import Stage, StageOutput, config_slice, execute
+from w2s.writer import StageWriter
 
 KEY_SCRIPT = """
 import sys
@@ -135,7 +136,7 @@ def test_damaged_shard_is_detected_and_recomputed(ctx, damage):
 def test_no_temp_files_survive_a_folder_write_that_fails(ctx):
     store = ArtifactStore(ctx.artifact_root)
     with pytest.raises(ValueError):
-        with store.writer("m", "k", 1, {}, {}) as writer:
+        with StageWriter(store, "m", "k", 1, {}, {}) as writer:
             with writer.folder("model") as folder:
                 (folder / "weights.bin").write_bytes(b"half")
                 raise ValueError("save failed")

@@ -22,6 +22,7 @@ from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore
 from w2s.config import DataConfig, GenerationEngineConfig, SamplingConfig
 from w2s.generation import derive_seed, fewshot_prefix
 from w2s.tracking import RunContext
+from w2s.writer import StageWriter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,10 +43,10 @@ def make_inputs(ctx: RunContext, model_dir: Path, n_student: int = 6, exemplar_r
         "prompt": pool.column("prompt").to_pylist()[:exemplar_rows],
         "response": chosen[:exemplar_rows],
     })
-    with store.writer("weak_demos_fixture", f"rows{exemplar_rows}", 1, {}, {}) as writer:
+    with StageWriter(store, "weak_demos_fixture", f"rows{exemplar_rows}", 1, {}, {}) as writer:
         writer.write_parquet("exemplars.parquet", demos)
         exemplars = writer.commit()
-    with store.writer("strong_base", f"fixture-{Path(model_dir).name}", 1, {}, {}) as writer:
+    with StageWriter(store, "strong_base", f"fixture-{Path(model_dir).name}", 1, {}, {}) as writer:
         with writer.folder("model") as folder:
             for file in Path(model_dir).iterdir():
                 os.link(file, folder / file.name)  # same filesystem: no 540 MB copy
@@ -165,7 +166,7 @@ def test_exemplars_must_be_held_out(tmp_path, world):
     ctx, refs = at(ctx, tmp_path), dict(refs)
     student = pq.read_table(refs["data"].local_dir() / "student.parquet").slice(0, 2)
     leaked = pa.table({"prompt_id": student.column("prompt_id"), "prompt": student.column("prompt"), "response": [" a", " b"]})
-    with ArtifactStore(ctx.artifact_root).writer("weak_demos_fixture", "leaky", 1, {}, {}) as writer:
+    with StageWriter(ArtifactStore(ctx.artifact_root), "weak_demos_fixture", "leaky", 1, {}, {}) as writer:
         writer.write_parquet("exemplars.parquet", leaked)
         refs["exemplars"] = writer.commit()
     with pytest.raises(ValueError, match="must be held out"):

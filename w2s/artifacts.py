@@ -21,7 +21,6 @@ import json
 import os
 import tempfile
 import threading
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +29,9 @@ from typing import Any
 import fsspec
 from pydantic import BaseModel, ConfigDict
 
+from w2s.files import TMP_PREFIX, atomic_write_bytes, file_digest, fsync_dir, temp_beside  # noqa: F401  (re-exported)
+
 MANIFEST = "manifest.json"
-_TMP_PREFIX = ".tmp-"
 
 
 def local_path_of(root: str) -> Path | None:
@@ -103,31 +103,11 @@ class ArtifactRef(BaseModel):
 
 
 def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return file_digest(path)
 
 
 # Files a stage keeps beside its outputs while it runs; never part of a manifest.
-HIDDEN = (".partial", ".resume", ".lock", _TMP_PREFIX)
+HIDDEN = (".partial", ".resume", ".lock", TMP_PREFIX)
 
 
 def is_hidden(relpath: str) -> bool:
@@ -152,6 +132,7 @@ class ArtifactStore:
         self.local_root = local_path_of(self.root)
         self.fs, self._base = fsspec.core.url_to_fs(self.root)
         self._verified: dict[tuple, bool] = {}
+        self._local_memo: dict = {}  # sha256 of downloaded copies, by stat
 
     def uri(self, stage: str, key: str) -> str:
         if self.local_root is not None:
@@ -248,12 +229,12 @@ class ArtifactStore:
         return target
 
     def _download_verified(self, remote: str, local: Path, entry: FileEntry) -> None:
-        if local.exists() and local.stat().st_size == entry.bytes and sha256_file(local) == entry.sha256:
-            return
+        if local.exists() and local.stat().st_size == entry.bytes and file_digest(local, self._local_memo) == entry.sha256:
+            return  # downloaded and verified before (by this process, or an earlier one)
         local.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local.with_name(f"{_TMP_PREFIX}{local.name}.{uuid.uuid4().hex[:8]}")
+        tmp = temp_beside(local)
         self.fs.get_file(remote, str(tmp))
-        if tmp.stat().st_size != entry.bytes or sha256_file(tmp) != entry.sha256:
+        if tmp.stat().st_size != entry.bytes or file_digest(tmp) != entry.sha256:
             tmp.unlink(missing_ok=True)
             raise ArtifactChanged(f"download of {remote} does not match its manifest entry")
         os.replace(tmp, local)
@@ -271,12 +252,6 @@ class ArtifactStore:
             path = Path(tempfile.gettempdir()) / "w2s-locks" / where / stage / f"{key}.lock"
         with exclusive(path, on_wait):
             yield
-
-    def writer(self, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str]):
-        """Stage output in progress (hold `lock` around it). An exception writes no manifest."""
-        from w2s.writer import StageWriter
-
-        return StageWriter(self, stage, key, version, config, inputs)
 
     def invalidate(self, stage: str, key: str) -> None:
         """Removes the manifest (the 'done' mark) so the stage recomputes; sealed pieces stay."""

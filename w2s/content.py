@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from w2s.partial import file_digest
+from w2s.files import file_digest
 
 MARK = "w2s_content_input"
 REPO = Path(__file__).resolve().parents[1]

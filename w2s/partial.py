@@ -17,11 +17,12 @@ files, then the seal) and pulls a piece another machine sealed, so a killed pod 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Protocol
+
+from w2s.files import atomic_write_bytes, file_digest
 
 SEALS = ".partial"
 
@@ -32,18 +33,6 @@ class Mirror(Protocol):
     def push(self, relpath: str) -> None: ...
     def pull(self, relpath: str) -> bool: ...
     def remove(self, relpath: str) -> None: ...
-
-
-def file_digest(path: Path, memo: dict | None = None) -> str:
-    stat = path.stat()
-    tag = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if memo is not None and tag in memo:
-        return memo[tag]
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    if memo is not None:
-        memo[tag] = digest
-    return digest
 
 
 def listing(target: Path, memo: dict | None = None) -> dict[str, list]:
@@ -69,8 +58,6 @@ class PartialFiles:
 
     def seal(self, path: str | Path) -> None:
         """Records the piece as whole. Call only after it is completely written (atomically)."""
-        from w2s.artifacts import atomic_write_bytes
-
         rel = self.rel(path)
         target = self.dir / rel
         if not target.exists():

@@ -135,7 +135,7 @@ def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: B
     digests = input_digests(inputs)
     params = {"stage_version": stage.version, **config_slice(cfg), **{f"input.{k}": v for k, v in digests.items()}}
     with stage_run(ctx, stage.name, key, params, cache="miss") as run:
-        writer = store.writer(stage.name, key, stage.version, config_slice(cfg), digests)
+        writer = StageWriter(store, stage.name, key, stage.version, config_slice(cfg), digests)
         output = body(writer, run)
         wall = time.perf_counter() - started
         computed_by = {"mlflow_run_id": run.run_id, "mlflow_parent_run_id": ctx.parent_run_id,

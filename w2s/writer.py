@@ -15,14 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from w2s.artifacts import _TMP_PREFIX, MANIFEST, ArtifactRef, ArtifactStore, FileEntry, Manifest, atomic_write_bytes, fsync_dir, is_hidden
-from w2s.partial import SEALS, PartialFiles, file_digest
+from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore, FileEntry, Manifest, is_hidden
+from w2s.files import atomic_write_bytes, file_digest, fsync_dir, temp_beside
+from w2s.partial import SEALS, PartialFiles
 
 
 def staging_dir(store: ArtifactStore, stage: str, key: str) -> Path:
@@ -84,7 +84,8 @@ class RemoteMirror:
 
 
 class StageWriter:
-    """Collects a stage's files under `dir`; `commit` hashes them and writes the manifest last."""
+    """Collects a stage's files under `dir`; `commit` hashes them and writes the manifest last.
+    Hold the store's `lock(stage, key)` around it (w2s.stage.execute does)."""
 
     def __init__(self, store: ArtifactStore, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str]):
         self.store, self.stage, self.key, self.version = store, stage, key, version
@@ -130,7 +131,7 @@ class StageWriter:
         import pyarrow.parquet as pq
 
         target = self.path(relpath)
-        tmp = target.with_name(f"{_TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:8]}")
+        tmp = temp_beside(target)
         pq.write_table(table, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -143,7 +144,7 @@ class StageWriter:
     def folder(self, relpath: str) -> Iterator[Path]:
         """A folder written by a library (e.g. save_pretrained), renamed into place only when whole."""
         final = self.path(relpath)
-        tmp = final.with_name(f"{_TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
+        tmp = temp_beside(final)
         tmp.mkdir(parents=True)
         try:
             yield tmp

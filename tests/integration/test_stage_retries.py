@@ -15,6 +15,7 @@ from w2s.artifacts import MANIFEST, ArtifactStore
 from w2s.config import DataConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.orchestration import StageTask, orchestration_of, retry_delays
 from w2s.stage import Stage, StageOutput, execute
+from w2s.writer import StageWriter
 
 STAGE = Stage("weights", 901)  # a stand-in under a real stage name (stage_retry only names real stages)
 SEEN: list[dict] = []
@@ -84,7 +85,7 @@ def test_without_retries_the_failure_leaves_no_manifest(ctx, fail_once):
     key = STAGE.key(DataConfig(n_student=16), {})
     folder = store.local_root / "weights" / key
     assert sorted(p.name for p in folder.iterdir()) == [".partial", "part-0.parquet"]  # a whole, sealed file, no manifest
-    assert ArtifactStore(ctx.artifact_root).writer("weights", key, 901, {}, {}).reuse("part-0.parquet")
+    assert StageWriter(ArtifactStore(ctx.artifact_root), "weights", key, 901, {}, {}).reuse("part-0.parquet")
     assert pq.read_table(folder / "part-0.parquet").num_rows == 16
     assert store.lookup("weights", key) is None
     # the fault fired once; the rerun completes and the stage is done exactly once
