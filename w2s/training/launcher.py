@@ -2,10 +2,9 @@
 
 The parent writes the call as JSON (configs, paths, the MLflow run id), runs
 `<this python> -m deepspeed.launcher.runner --num_gpus N --master_port P --module
-w2s.training.launcher <spec>` (the launcher of the environment running w2s, not whatever
-`deepspeed` is on PATH) and waits; each rank calls `train` with LOCAL_RANK set by the launcher
-(which also passes `--local_rank=N`, ignored here), and rank 0 writes `train_result.json`, which the
-parent returns. A Table given as ref_logps is written to Parquet for the children.
+w2s.training.rank <spec>` (the launcher of the environment running w2s, not whatever `deepspeed`
+is on PATH) and waits; each rank (w2s/training/rank.py) calls `train` with LOCAL_RANK set by the
+launcher, and rank 0 writes `train_result.json`, which the parent returns. A Table given as ref_logps is written to Parquet for the children.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ def _config_class(dotted: str) -> type[TrainConfig]:
 
 
 
-def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed):
+def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
     from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK, _free_port
-    from w2s.training.trainer import TrainResult
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,7 +53,7 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     spec_path = out / "launch_spec.json"
     spec_path.write_text(json.dumps(spec))
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
-               "--module", "w2s.training.launcher", str(spec_path)]
+               "--module", "w2s.training.rank", str(spec_path)]
     # the single-process defaults this process may have set for itself must not reach the ranks
     own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
     env = {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
@@ -63,24 +61,4 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     if completed.returncode != 0:
         raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
-    return TrainResult.from_json(json.loads((out / "train_result.json").read_text()))
-
-
-def main(spec_path: str) -> None:
-    from w2s.training.trainer import train
-
-    spec = json.loads(Path(spec_path).read_text())
-    run = None
-    if spec["mlflow"]:
-        from mlflow.tracking import MlflowClient
-
-        from w2s.tracking import StageRun
-
-        run = StageRun(MlflowClient(tracking_uri=spec["mlflow"][0]), spec["mlflow"][1])
-    train(_config_class(spec["config_class"])(**spec["config"]), TrainingEngineConfig(**spec["engine"]), spec["objective"],
-          spec["model_dir"], spec["data_files"], spec["out_dir"], run=run, ref_logps=spec["ref_logps"],
-          resume_dir=spec["resume_dir"], seed=spec["seed"])
-
-
-if __name__ == "__main__":
-    main(next(arg for arg in sys.argv[1:] if not arg.startswith("--local_rank")))
+    return json.loads((out / "train_result.json").read_text())  # TrainResult.to_json() of rank 0

@@ -132,7 +132,7 @@ def train(
     if engine.world_size > 1 and not eng.in_launcher():
         from w2s.training.launcher import launch
 
-        return launch(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
+        return TrainResult.from_json(launch(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed))
     out_dir, model_dir = Path(out_dir), Path(model_dir)
     resume_path = Path(resume_dir) if resume_dir else out_dir / ".resume"
     pieces = partial if partial is not None else PartialFiles(out_dir)
