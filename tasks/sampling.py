@@ -137,7 +137,7 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
     with tqdm(total=len(kept), desc="sampling", unit="prompt") as bar:
         for index, chunk in enumerate(shards):
             rel = f"shards/part-{index:05d}.parquet"
-            if writer.has(rel):  # finished before an interruption; atomic writes: a whole shard
+            if writer.reuse(rel):  # finished before an interruption and its seal still matches
                 reused += 1
                 bar.update(len(chunk))
                 continue

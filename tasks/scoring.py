@@ -67,7 +67,7 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
         started, rows, n_trunc, written = time.perf_counter(), 0, 0, 0
         with tqdm(total=total, desc="scoring", unit="row") as progress:
             for rel, path in shards:
-                if writer.has(rel):  # finished before an interruption: atomic, so whole
+                if writer.reuse(rel):  # finished before an interruption and its seal still matches
                     done = pq.read_table(writer.path(rel), columns=["truncated"])
                     progress.update(done.num_rows)
                     n_trunc += sum(done.column("truncated").to_pylist())

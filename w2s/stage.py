@@ -76,27 +76,25 @@ outcome_sink: contextvars.ContextVar[list[Outcome] | None] = contextvars.Context
 
 
 @contextmanager
-def collect_outcomes() -> Iterator[list[Outcome]]:
-    """The outcomes of every `execute` inside the block (this context only), in order."""
-    found: list[Outcome] = []
-    token = outcome_sink.set(found)
+def _bound(var: contextvars.ContextVar, value) -> Iterator:
+    token = var.set(value)
     try:
-        yield found
+        yield value
     finally:
-        outcome_sink.reset(token)
+        var.reset(token)
+
+
+def collect_outcomes():
+    """The outcomes of every `execute` inside the block (this context only), in order."""
+    return _bound(outcome_sink, [])
 
 
 # The key the caller (the Prefect adapter) already computed for a stage call, so it is computed once.
 _planned: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("w2s_planned_key", default=None)
 
 
-@contextmanager
-def planned_key(stage: str, key: str) -> Iterator[None]:
-    token = _planned.set((stage, key))
-    try:
-        yield
-    finally:
-        _planned.reset(token)
+def planned_key(stage: str, key: str):
+    return _bound(_planned, (stage, key))
 
 
 def _key(stage: Stage, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:

@@ -115,8 +115,6 @@ class StageWriter:
         anything else there is discarded (so it is recomputed)."""
         return self.partial.reuse(relpath)
 
-    has = reuse
-
     def seal(self, relpath: str) -> None:
         self.partial.seal(relpath)
 
