@@ -68,7 +68,7 @@ def bench_stage(ctx, refs, k: int, max_tokens: int) -> dict:
     cfg = SamplingStageConfig(sampling=SamplingConfig(k=k, max_tokens=max_tokens, stop=[], shard_rows=100_000),
                               engine=GenerationEngineConfig(backend="vllm"), seed=0)
     started = time.perf_counter()
-    ref = sampling(ctx, cfg, **refs)
+    ref = sampling.run(ctx, cfg, **refs)
     wall = time.perf_counter() - started
     metrics = json.loads((ref.local_dir() / "manifest.json").read_text())["metrics"]
     # engine init and shutdown are fixed costs per stage run, reported apart (raw excludes them too)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.eve import anchor_evaluations, eve_diagnostics, eve_stages, evaluate_eve
-from tasks.dpo_weak_reward import dpo_weak_reward_task as dpo_weak_reward
-from tasks.evaluate import evaluate_task as evaluate
-from tasks.naive_sft import naive_sft_task as naive_sft
-from tasks.refinement import refinement_task as refinement
-from tasks.report import report_task as report
-from tasks.strong_evaluator import strong_evaluator_task as strong_evaluator
+from flows.eve import anchor_evaluations, evaluate_eve, eve_diagnostics, eve_stages
+from tasks.dpo_weak_reward import dpo_weak_reward
+from tasks.evaluate import evaluate
+from tasks.naive_sft import naive_sft
+from tasks.refinement import refinement
+from tasks.report import report
+from tasks.strong_evaluator import strong_evaluator
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
@@ -43,7 +43,7 @@ def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, Art
 
 @flow(name="baselines", log_prints=True)
 def baselines(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config.run_context(), "baselines", config.model_dump(mode="json"), until) as run:
+    with pipeline_run(config, "baselines", until) as run:
         evaluations, diagnostics = all_policies(run.ctx, config)
         report(run.ctx, config, evaluations=evaluations, **diagnostics)
     return run

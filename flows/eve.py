@@ -16,21 +16,19 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from tasks.base_models import strong_base_task as strong_base
-from tasks.base_models import weak_base_task as weak_base
-from tasks.data import data_task as prepare_data
-from tasks.evaluate import evaluate_task as evaluate
-from tasks.report import report_task as report
-from tasks.sampling import sampling_task as strong_sampling
-from tasks.scoring import scoring_task as scoring
-from tasks.strong_ceiling import strong_dpo_task as strong_dpo
-from tasks.strong_ceiling import strong_sft_task as strong_sft
-from tasks.student import student_task as student
-from tasks.teacher_signal import teacher_signal_task as teacher_signal
-from tasks.weak_demos import weak_demos_task as weak_demos
-from tasks.weak_dpo import weak_dpo_task as weak_dpo
-from tasks.weak_sft import weak_sft_task as weak_sft
-from tasks.weights import weights_task as f_weights
+from tasks.base_models import strong_base, weak_base
+from tasks.data import data as prepare_data
+from tasks.evaluate import evaluate
+from tasks.report import report
+from tasks.sampling import sampling as strong_sampling
+from tasks.scoring import scoring
+from tasks.strong_ceiling import strong_dpo, strong_sft
+from tasks.student import student
+from tasks.teacher_signal import teacher_signal
+from tasks.weak_demos import weak_demos
+from tasks.weak_dpo import weak_dpo
+from tasks.weak_sft import weak_sft
+from tasks.weights import weights as f_weights
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
@@ -84,7 +82,7 @@ def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) 
 
 @flow(name="eve", log_prints=True)
 def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config.run_context(), "eve", config.model_dump(mode="json"), until) as run:
+    with pipeline_run(config, "eve", until) as run:
         stages = eve_stages(run.ctx, config)
         evaluations = anchor_evaluations(run.ctx, config, stages) | {"eve": evaluate_eve(run.ctx, config, stages)}
         report(run.ctx, config, evaluations=evaluations, **eve_diagnostics(run.ctx, config, stages))

@@ -11,8 +11,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.baselines import all_policies
-from flows.eve import eve_stages, evaluate_eve
-from tasks.report import report_task as report
+from flows.eve import evaluate_eve, eve_stages
+from tasks.report import report
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
 from w2s.config_io import with_values
@@ -47,7 +47,7 @@ def swept_eve(ctx: RunContext, config: PipelineConfig) -> dict[str, ArtifactRef]
 
 @flow(name="sweep", log_prints=True)
 def sweep(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config.run_context(), "sweep", config.model_dump(mode="json"), until) as run:
+    with pipeline_run(config, "sweep", until) as run:
         evaluations, diagnostics = seeded_policies(run.ctx, config)
         report(run.ctx, config, evaluations=evaluations | swept_eve(run.ctx, config), **diagnostics)
     return run

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.base_models import strong_base_task as strong_base
-from tasks.base_models import weak_base_task as weak_base
-from tasks.classification import bootstrap_task as bootstrap
-from tasks.classification import ceiling_task as strong_ceiling
-from tasks.classification import cls_data_task as prepare_data
-from tasks.classification import epochs_task as epochs_ablation
-from tasks.classification import probes_task as probes
-from tasks.classification import strong_features_task as strong_features
-from tasks.classification import w2s_task as weak_to_strong
-from tasks.classification import weak_features_task as weak_features
-from tasks.classification import weak_teacher_task as weak_teacher
-from tasks.classification_report import report_task as report
+from tasks.base_models import strong_base, weak_base
+from tasks.classification import cls_bootstrap as bootstrap
+from tasks.classification import cls_ceiling as strong_ceiling
+from tasks.classification import cls_data as prepare_data
+from tasks.classification import cls_epochs as epochs_ablation
+from tasks.classification import cls_probes as probes
+from tasks.classification import cls_strong_features as strong_features
+from tasks.classification import cls_w2s as weak_to_strong
+from tasks.classification import cls_weak_features as weak_features
+from tasks.classification import cls_weak_teacher as weak_teacher
+from tasks.classification_report import cls_report as report
 from w2s.classification.config import ClassificationConfig
 from w2s.orchestration import PipelineState, pipeline_run
 
 
 @flow(name="w2s_classification", log_prints=True)
 def w2s_classification(config: ClassificationConfig = ClassificationConfig()) -> PipelineState:
-    with pipeline_run(config.run_context(), "w2s_classification", config.model_dump(mode="json"), None) as run:
+    with pipeline_run(config, "w2s_classification") as run:
         data = prepare_data(run.ctx, config)
         strong = strong_base(run.ctx, config)
         weak = weak_base(run.ctx, config)

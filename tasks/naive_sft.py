@@ -11,16 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from w2s.artifacts import ArtifactRef, store_for
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training, training_slice
 
-STAGE = Stage("naive_sft", version=1)
 
-
-def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda config: training_slice(config.baselines.naive_sft, config), evaluated_as="naive_sft")
+def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         d_weak = pq.read_table(store.materialise(demos) / "weak_demos.parquet")
@@ -28,7 +26,4 @@ def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: A
         writer.write_parquet("train/d_weak.parquet", table)
         return run_training(writer, run, cfg, "sft", model_dir(strong, store), [writer.path("train/d_weak.parquet")])
 
-    return execute(ctx, STAGE, cfg, {"demos": demos, "strong": strong}, body)
-
-
-naive_sft_task = StageTask(STAGE, naive_sft, select=lambda config: training_slice(config.baselines.naive_sft, config))
+    return body

@@ -27,14 +27,12 @@ from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_weak_demos, refined_completion
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, RefinementConfig, TrainingEngineConfig
 from w2s.generation import Engine, Request, derive_seed, pinned_backend, refinement_prompt
-from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training
 
-STAGE = Stage("refinement", version=1)
 REQUEST_PREFIX = "refinement:"
 
 
@@ -86,7 +84,8 @@ def refined_table(d_weak: pa.Table, requests: list[Request], records: dict, rewa
     })
 
 
-def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=RefinementSlice.from_pipeline, evaluated_as="refinement")
+def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         d_weak = read_weak_demos(store.materialise(demos), f"{demos.stage} artifact {demos.uri}")
@@ -117,7 +116,4 @@ def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong
         trained = run_training(writer, run, cfg.training_slice(), "sft", strong_dir, [writer.path("refined.parquet")])
         return StageOutput({**trained.metrics, **metrics}, {**(trained.info or {}), "engine": engine_info})
 
-    return execute(ctx, STAGE, cfg, {"demos": demos, "strong": strong}, body)
-
-
-refinement_task = StageTask(STAGE, refinement, select=RefinementSlice.from_pipeline)
+    return body

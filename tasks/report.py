@@ -18,13 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config_base import json_finite
 from w2s.evaluation import mean_ci95
-from w2s.orchestration import StageTask, artifact_inputs
 from w2s.report import build_report, plot_report, render_html, render_markdown
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.teacher_signal import signal_markdown
 from w2s.tracking import RunContext
-
-STAGE = Stage("report", version=4)  # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
 
 
 class ReportSlice(BaseModel):
@@ -32,8 +29,10 @@ class ReportSlice(BaseModel):
     title: str = "Weak-to-strong report"
 
 
+# 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
+@stage(version=4, reads=lambda config: ReportSlice())
 def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
-           signal: ArtifactRef | None = None) -> ArtifactRef:
+           signal: ArtifactRef | None = None) -> Body:
     """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the
     teacher_signal artifact, whose table and plot join the report."""
     if not evaluations:
@@ -63,8 +62,4 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         print(markdown.split("![")[0])
         return StageOutput(metrics, {"warnings": result.warnings})
 
-    # the same flattening the Prefect cache policy applies, so both compute one key
-    return execute(ctx, STAGE, cfg, artifact_inputs({"evaluations": evaluations, "weights": weights, "signal": signal}), body)
-
-
-report_task = StageTask(STAGE, report, select=lambda config: ReportSlice())
+    return body

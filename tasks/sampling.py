@@ -28,12 +28,10 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 
-STAGE = Stage("sampling", version=1)
 log = logging.getLogger(__name__)
 
 SCHEMA = pa.schema([
@@ -99,10 +97,11 @@ def build_requests(cfg: SamplingStageConfig, demos: pa.Table, student: pa.Table)
     return requests, dict(zip(ids, prompts)), fewshot
 
 
+@stage(version=1, reads=SamplingStageConfig.from_pipeline)
 def sampling(
     ctx: RunContext, cfg: SamplingStageConfig, exemplars: ArtifactRef, data: ArtifactRef, strong: ArtifactRef,
     engine: Engine | None = None,
-) -> ArtifactRef:
+) -> Body:
     """`engine`: an already open engine on the same model (tests and benches share one vLLM init)."""
     cfg = cfg.resolved()
     params = cfg.sampling
@@ -124,7 +123,7 @@ def sampling(
                 eng.close()  # waits for vLLM's processes to exit: the next stage gets the memory
         return StageOutput({**output.metrics, "engine_close_s": time.perf_counter() - closing}, output.info)
 
-    return execute(ctx, STAGE, cfg, {"exemplars": exemplars, "data": data, "strong": strong}, body)
+    return body
 
 
 def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, plain, fewshot, demos) -> StageOutput:
@@ -178,6 +177,3 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
     info = {"engine": eng.info, "exemplar_ids": demos.column("prompt_id").to_pylist(), "skipped": checked.skipped,
             "template": params.template, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return StageOutput(metrics, info)
-
-
-sampling_task = StageTask(STAGE, sampling, select=SamplingStageConfig.from_pipeline)

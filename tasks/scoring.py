@@ -19,13 +19,11 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
-from w2s.orchestration import StageTask
 from w2s.scoring import score_groups, tokenise_group
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 
-STAGE = Stage("scoring", version=2)  # 2: EOS scored for completions that stopped
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +53,8 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
             .append_column("truncated", pa.array(truncated, pa.bool_())))
 
 
-def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
+@stage(version=2, reads=lambda config: config.scoring)  # 2: EOS scored for completions that stopped
+def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         weak_model, tokenizer = load_pretrained(model_dir(weak, store))
@@ -75,7 +74,7 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
                 scored = score_table(pq.read_table(path), models, tokenizer, cfg, max_length, progress)
                 writer.write_parquet(rel, scored)
                 written += 1
-                faults.checkpoint(STAGE.name, written)
+                faults.checkpoint(writer.stage, written)
                 rows += scored.num_rows
                 n_trunc += sum(scored.column("truncated").to_pylist())
         if n_trunc:
@@ -83,7 +82,4 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
         wall = time.perf_counter() - started
         return StageOutput({"rows": total, "rows_scored_now": rows, "truncated_rows": n_trunc, "rows_per_s": rows / max(wall, 1e-9)})
 
-    return execute(ctx, STAGE, cfg, {"samples": samples, "weak": weak, "weak_ref": weak_ref}, body)
-
-
-scoring_task = StageTask(STAGE, scoring, select=lambda config: config.scoring)
+    return body

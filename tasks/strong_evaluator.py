@@ -35,14 +35,11 @@ import pyarrow as pa
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import effective_sample_size, evaluator_weights, read_weak_demos
 from w2s.config import PipelineConfig, StrongEvaluatorConfig
-from w2s.orchestration import StageTask
 from w2s.scoring import score_rows
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training
-
-STAGE = Stage("strong_evaluator", version=1)
 
 
 class StrongEvaluatorSlice(TrainingSlice):
@@ -55,8 +52,9 @@ class StrongEvaluatorSlice(TrainingSlice):
         return cls(train=config.baselines.strong_evaluator, engine=config.engines.training, seed=config.run.seed)
 
 
+@stage(version=1, reads=StrongEvaluatorSlice.from_pipeline, evaluated_as="strong_evaluator")
 def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: ArtifactRef, strong: ArtifactRef,
-                     weak_ref: ArtifactRef) -> ArtifactRef:
+                     weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         d_weak = read_weak_demos(store.materialise(demos), f"{demos.stage} artifact {demos.uri}")
@@ -89,7 +87,4 @@ def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: Artifact
         trained = run_training(writer, run, cfg, "weighted_mle", strong_dir, [writer.path("weights.parquet")])
         return StageOutput({**trained.metrics, **metrics}, trained.info)
 
-    return execute(ctx, STAGE, cfg, {"demos": demos, "strong": strong, "weak_ref": weak_ref}, body)
-
-
-strong_evaluator_task = StageTask(STAGE, strong_evaluator, select=StrongEvaluatorSlice.from_pipeline)
+    return body

@@ -10,16 +10,14 @@ artifact for the PGR-over-training curve. A killed run resumes from its last Dee
 from __future__ import annotations
 
 from w2s.artifacts import ArtifactRef, store_for
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training, training_slice
 
-STAGE = Stage("student", version=1)
 
-
-def student(ctx: RunContext, cfg: TrainingSlice, weights: ArtifactRef, strong: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda config: training_slice(config.student, config), evaluated_as="eve")
+def student(ctx: RunContext, cfg: TrainingSlice, weights: ArtifactRef, strong: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         shards = [path for _, path in shard_paths(weights, store)]
@@ -27,7 +25,4 @@ def student(ctx: RunContext, cfg: TrainingSlice, weights: ArtifactRef, strong: A
             raise ValueError(f"the weights artifact {weights.uri} has no shards")
         return run_training(writer, run, cfg, "weighted_mle", model_dir(strong, store), shards)
 
-    return execute(ctx, STAGE, cfg, {"weights": weights, "strong": strong}, body)
-
-
-student_task = StageTask(STAGE, student, select=lambda config: training_slice(config.student, config))
+    return body

@@ -17,14 +17,11 @@ from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, read_weak_demos
 from w2s.config import GoldRewardSpec, PipelineConfig, SweepConfig
 from w2s.config_base import Section
-from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import shard_paths
-from w2s.teacher_signal import plot_signal, teacher_signal
+from w2s import teacher_signal as signals
 from w2s.tracking import RunContext
-
-STAGE = Stage("teacher_signal", version=1)
 
 
 class TeacherSignalSlice(Section):
@@ -39,8 +36,9 @@ class TeacherSignalSlice(Section):
         return cls(gold_reward=config.models.gold_reward, beta_over_lambda=tuple(betas))
 
 
-def teacher_signal_stage(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, demos: ArtifactRef,
-                         scores: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=TeacherSignalSlice.from_pipeline)
+def teacher_signal(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, demos: ArtifactRef,
+                   scores: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         samples = read_scores(shard_paths(scores, store), scores.stage)
@@ -55,14 +53,11 @@ def teacher_signal_stage(ctx: RunContext, cfg: TeacherSignalSlice, data: Artifac
                                        [meta_of[pid] for pid in ids]), np.float64)
         d_weak = read_weak_demos(store.materialise(demos), demos.stage)
         d_weak_gold = np.asarray(d_weak.column("gold_reward").to_numpy(zero_copy_only=False), np.float64)
-        signal = teacher_signal(ids, samples.column("logp_weak").to_numpy(), samples.column("logp_weak_ref").to_numpy(),
+        signal = signals.teacher_signal(ids, samples.column("logp_weak").to_numpy(), samples.column("logp_weak_ref").to_numpy(),
                                 gold, d_weak_gold, list(cfg.beta_over_lambda))
         writer.write_bytes("signal.json", json.dumps(signal.as_json(), indent=1).encode())  # β/λ = ∞ dumps as Infinity
-        plot_signal(signal, writer.path("teacher_signal.png"))
+        signals.plot_signal(signal, writer.path("teacher_signal.png"))
         run.log_artifact(writer.path("teacher_signal.png"))
         return StageOutput({k: v for k, v in signal.metrics().items() if not math.isnan(v)})
 
-    return execute(ctx, STAGE, cfg, {"data": data, "demos": demos, "scores": scores}, body)
-
-
-teacher_signal_task = StageTask(STAGE, teacher_signal_stage, select=TeacherSignalSlice.from_pipeline)
+    return body

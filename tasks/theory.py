@@ -14,28 +14,26 @@ import pandas as pd
 import pyarrow as pa
 
 from w2s.artifacts import ArtifactRef, store_for
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.theory.config import TheoryConfig
 from w2s.theory.experiment import fractions, run
 from w2s.theory.plot import scatter
 from w2s.tracking import RunContext
 
-RUNS = Stage("theory_runs", version=2)
-PLOTS = Stage("theory_plots", version=1)
 
-
-def theory_runs(ctx: RunContext, cfg: TheoryConfig) -> ArtifactRef:
+@stage(version=2, reads=lambda config: config.theory)
+def theory_runs(ctx: RunContext, cfg: TheoryConfig) -> Body:
     def body(writer, run_) -> StageOutput:
         frame = run(cfg)
         writer.write_parquet("tasks.parquet", pa.Table.from_pandas(frame, preserve_index=False))
         metrics = fractions(frame, cfg.theorem_tol)
         return StageOutput(metrics, {"rows": len(frame)})
 
-    return execute(ctx, RUNS, cfg, {}, body)
+    return body
 
 
-def theory_plots(ctx: RunContext, cfg: TheoryConfig, runs: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda config: config.theory)
+def theory_plots(ctx: RunContext, cfg: TheoryConfig, runs: ArtifactRef) -> Body:
     def body(writer, run_) -> StageOutput:
         frame = pd.read_parquet(store_for(ctx.artifact_root).materialise(runs) / "tasks.parquet")
         metrics = fractions(frame, cfg.theorem_tol)
@@ -46,8 +44,4 @@ def theory_plots(ctx: RunContext, cfg: TheoryConfig, runs: ArtifactRef) -> Artif
             run_.log_artifact(path, "plots")
         return StageOutput({"plots": float(frame.groupby(["setting", "loss"]).ngroups)})
 
-    return execute(ctx, PLOTS, cfg, {"runs": runs}, body)
-
-
-theory_runs_task = StageTask(RUNS, theory_runs, select=lambda config: config.theory)
-theory_plots_task = StageTask(PLOTS, theory_plots, select=lambda config: config.theory)
+    return body

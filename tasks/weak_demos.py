@@ -22,13 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
 from w2s.generation import answer_each, derive_seed, pinned_backend
-from w2s.orchestration import StageTask
 from w2s.rewards import load_gold_reward
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 
-STAGE = Stage("weak_demos", version=1)
 NUM_EXEMPLARS = 2
 
 
@@ -64,7 +62,8 @@ def _with_answers(table: pa.Table, answers: dict[str, dict], reward) -> pa.Table
     })
 
 
-def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=WeakDemosSlice.from_pipeline)
+def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         folder = store.materialise(data)
@@ -98,7 +97,4 @@ def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: Ar
         }
         return StageOutput(metrics, {"exemplar_ids": exemplars.column("prompt_id").to_pylist()})
 
-    return execute(ctx, STAGE, cfg, {"data": data, "weak": weak, "weak_ref": weak_ref}, body)
-
-
-weak_demos_task = StageTask(STAGE, weak_demos, select=WeakDemosSlice.from_pipeline)
+    return body

@@ -7,16 +7,11 @@ the gold-labelled preferences → π_weak_ref.
 from __future__ import annotations
 
 from w2s.artifacts import ArtifactRef
-from w2s.orchestration import StageTask
-from w2s.stage import Stage
+from w2s.stage import Body, stage
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, train_on_gold_preferences, training_slice
 
-STAGE = Stage("weak_sft", version=1)
 
-
-def weak_sft(ctx: RunContext, cfg: TrainingSlice, data: ArtifactRef, base: ArtifactRef) -> ArtifactRef:
-    return train_on_gold_preferences(ctx, STAGE, cfg, "sft", data, base, "base")
-
-
-weak_sft_task = StageTask(STAGE, weak_sft, select=lambda config: training_slice(config.weak_sft, config))
+@stage(version=1, reads=lambda config: training_slice(config.weak_sft, config))
+def weak_sft(ctx: RunContext, cfg: TrainingSlice, data: ArtifactRef, base: ArtifactRef) -> Body:
+    return train_on_gold_preferences(ctx, cfg, "sft", data, base)

@@ -13,16 +13,14 @@ import pyarrow.parquet as pq
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import WeightsConfig
-from w2s.orchestration import StageTask
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput, stage
 from w2s.tables import shard_paths
 from w2s.tracking import RunContext
 from w2s.weights import ShardWeighter, plot_histogram
 
-STAGE = Stage("weights", version=1)
 
-
-def weights(ctx: RunContext, cfg: WeightsConfig, scores: ArtifactRef) -> ArtifactRef:
+@stage(version=1, reads=lambda config: config.weights)
+def weights(ctx: RunContext, cfg: WeightsConfig, scores: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         weighter = ShardWeighter(cfg.beta_over_lambda)
         for index, (rel, path) in enumerate(shard_paths(scores, store_for(ctx.artifact_root))):
@@ -33,7 +31,4 @@ def weights(ctx: RunContext, cfg: WeightsConfig, scores: ArtifactRef) -> Artifac
         run.log_artifact(writer.path("weights_histogram.png"))
         return StageOutput(weighter.stats.metrics())
 
-    return execute(ctx, STAGE, cfg, {"scores": scores}, body)
-
-
-weights_task = StageTask(STAGE, weights, select=lambda config: config.weights)
+    return body

@@ -40,13 +40,13 @@ def _model_artifact(ctx, stage: str, folder):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_smollm_model_dir, tiny_char_model_dir):
-    from tasks.data import prepare_data
+    from tasks.data import data as prepare_data
     from w2s.rewards import SummaryFactsReward
 
     root = tmp_path_factory.mktemp("baselines")
     config = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={root}", *OVERRIDES])
     ctx = config.run_context()
-    data = prepare_data(ctx, config.data)
+    data = prepare_data.run(ctx, config.data)
     prompts = pq.read_table(data.local_dir() / "weak_demo.parquet")
     metas = prompts.column("meta").to_pylist()
     # hand-made weak answers: the ideal summary, a copied post fragment, and one empty answer that stopped
@@ -97,7 +97,7 @@ def test_refinement_rewrites_every_weak_answer(setup):
 
     config, d_weak = setup["config"], setup["d_weak"]
     cfg = RefinementSlice.from_pipeline(config)
-    ref = refinement(setup["ctx"], cfg, demos=setup["demos"], strong=setup["strong"])
+    ref = refinement.run(setup["ctx"], cfg, demos=setup["demos"], strong=setup["strong"])
     table = pq.read_table(ref.local_dir() / "refined.parquet").to_pylist()
     weak = d_weak.to_pylist()
     assert [r["prompt_id"] for r in table] == [w["prompt_id"] for w in weak]
@@ -169,7 +169,7 @@ def test_dpo_pairs_are_argmax_and_argmin_of_the_weak_log_ratio(setup):
     config, ctx = setup["config"], setup["ctx"]
     tables, rows = _scores_tables(np.random.default_rng(0))
     scores = shard_artifact(ctx, "scoring", tables)
-    ref = dpo_weak_reward(ctx, training_slice(config.baselines.dpo_weak_reward, config), scores=scores, strong=setup["strong"])
+    ref = dpo_weak_reward.run(ctx, training_slice(config.baselines.dpo_weak_reward, config), scores=scores, strong=setup["strong"])
     pairs = {r["prompt_id"]: r for r in pq.read_table(ref.local_dir() / "train" / "pairs.parquet").to_pylist()}
 
     expected = {}
@@ -203,13 +203,13 @@ def test_dpo_bad_scores_fail_before_training(setup):
                                   pa.array([math.nan] + tables[1].column("logp_weak").to_pylist()[1:]))
     nan_scores = shard_artifact(ctx, "scoring_nan", [tables[0], broken])
     with pytest.raises(ValueError, match=rf"part-00001.parquet: row 0 \(prompt_id {broken.column('prompt_id')[0]}\): logp_weak is nan"):
-        dpo_weak_reward(ctx, cfg, scores=nan_scores, strong=setup["strong"])
+        dpo_weak_reward.run(ctx, cfg, scores=nan_scores, strong=setup["strong"])
     missing = shard_artifact(ctx, "scoring_cols", [tables[0].drop_columns(["logp_weak_ref"])])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['logp_weak_ref'\]"):
-        dpo_weak_reward(ctx, cfg, scores=missing, strong=setup["strong"])
+        dpo_weak_reward.run(ctx, cfg, scores=missing, strong=setup["strong"])
     few = shard_artifact(ctx, "scoring_few", [tables[0].slice(0, 6)])
     with pytest.raises(ValueError, match="fewer than baselines.dpo_weak_reward.batch_size 8"):
-        dpo_weak_reward(ctx, cfg, scores=few, strong=setup["strong"])
+        dpo_weak_reward.run(ctx, cfg, scores=few, strong=setup["strong"])
 
 
 # ------------------------------------------------------------------------------ strong evaluator
@@ -231,7 +231,7 @@ def test_strong_evaluator_weights_match_independent_softmax(setup):
     config, d_weak = setup["config"], setup["d_weak"]
     cfg = StrongEvaluatorSlice.from_pipeline(config)
     assert cfg.train.inverse_lambda == 0.5
-    ref = strong_evaluator(setup["ctx"], cfg, demos=setup["demos"], strong=setup["strong"], weak_ref=setup["weak_ref"])
+    ref = strong_evaluator.run(setup["ctx"], cfg, demos=setup["demos"], strong=setup["strong"], weak_ref=setup["weak_ref"])
     table = pq.read_table(ref.local_dir() / "weights.parquet").to_pylist()
     weak = d_weak.to_pylist()
     assert [r["prompt_id"] for r in table] == [w["prompt_id"] for w in weak]
@@ -254,7 +254,8 @@ def test_strong_evaluator_weights_match_independent_softmax(setup):
 
 
 def test_strong_evaluator_weights_are_stable_and_keyed_by_lambda(setup):
-    from tasks.strong_evaluator import STAGE, StrongEvaluatorSlice
+    from tasks.strong_evaluator import StrongEvaluatorSlice
+    from tasks.strong_evaluator import strong_evaluator as STAGE
     from w2s.baseline_data import evaluator_weights
 
     w = evaluator_weights(np.array([5000.0, 4990.0, -3000.0]), 1.0)
@@ -277,7 +278,7 @@ def test_bad_weak_demos_named_before_compute(setup):
 
     bad = execute(ctx, Stage("weak_demos_bad", 99), config.data, {}, bad_body)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['response'\]"):
-        refinement(ctx, RefinementSlice.from_pipeline(config), demos=bad, strong=setup["strong"])
+        refinement.run(ctx, RefinementSlice.from_pipeline(config), demos=bad, strong=setup["strong"])
     with pytest.raises(ValueError, match=r"missing column\(s\) \['response'\]"):
-        strong_evaluator(ctx, StrongEvaluatorSlice.from_pipeline(config), demos=bad, strong=setup["strong"],
+        strong_evaluator.run(ctx, StrongEvaluatorSlice.from_pipeline(config), demos=bad, strong=setup["strong"],
                          weak_ref=setup["weak_ref"])

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.data import prepare_data
-from tasks.sampling import SCHEMA, STAGE, SamplingStageConfig, sampling
+from tasks.data import data as prepare_data
+from tasks.sampling import SCHEMA, SamplingStageConfig, sampling
 from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore
 from w2s.config import DataConfig, GenerationEngineConfig, SamplingConfig
 from w2s.generation import derive_seed, fewshot_prefix
@@ -34,7 +34,7 @@ def make_ctx(root: Path) -> RunContext:
 
 def make_inputs(ctx: RunContext, model_dir: Path, n_student: int = 6, exemplar_rows: int = 2) -> dict[str, ArtifactRef]:
     """data (real stage), a fixture exemplar artifact (until weak demos land) and a model artifact."""
-    data = prepare_data(ctx, DataConfig(n_preference=4, n_weak_demo=2, n_exemplar_pool=2, n_student=n_student, n_test=2))
+    data = prepare_data.run(ctx, DataConfig(n_preference=4, n_weak_demo=2, n_exemplar_pool=2, n_student=n_student, n_test=2))
     store = ArtifactStore(ctx.artifact_root)
     pool = pq.read_table(data.local_dir() / "exemplar.parquet")
     chosen = pq.read_table(data.local_dir() / "preferences.parquet").column("chosen").to_pylist()
@@ -100,7 +100,7 @@ if args["kill_after"]:
         if len(written) >= args["kill_after"]:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no exception handlers: a real kill
     StageWriter.write_parquet = write_then_die
-ref = sampling(RunContext(**args["ctx"]), SamplingStageConfig.model_validate(args["cfg"]), **{k: ArtifactRef(**v) for k, v in args["refs"].items()})
+ref = sampling.run(RunContext(**args["ctx"]), SamplingStageConfig.model_validate(args["cfg"]), **{k: ArtifactRef(**v) for k, v in args["refs"].items()})
 print(ref.model_dump_json())
 """
 
@@ -127,21 +127,21 @@ def test_hf_stage_writes_k_rows_per_prompt_with_the_schema(tmp_path, world):
     ctx, refs = world
     ctx = at(ctx, tmp_path)
     cfg = stage_cfg(k=3, shard_rows=12)  # 4 prompts per shard: 2 shards, the last one short
-    ref = sampling(ctx, cfg, **refs)
+    ref = sampling.run(ctx, cfg, **refs)
     table = read_samples(ref)
     check_samples(table, refs, cfg)
     manifest = json.loads((ref.local_dir() / MANIFEST).read_text())
     assert [f["path"] for f in manifest["files"]] == [f"shards/part-{i:05d}.parquet" for i in range(2)]
     assert manifest["metrics"]["rows"] == 18 and manifest["metrics"]["generated_tokens"] > 0
     assert manifest["config"]["engine"]["backend"] == "hf" and manifest["info"]["engine"]["backend"] == "hf"
-    assert sampling(ctx, cfg, **refs) == ref  # finished: a cache hit, nothing regenerated
+    assert sampling.run(ctx, cfg, **refs) == ref  # finished: a cache hit, nothing regenerated
 
 
 def test_auto_backend_is_resolved_into_the_cache_key():
     auto = SamplingStageConfig(engine=GenerationEngineConfig(backend="auto"))
     assert auto.resolved().engine.backend in ("vllm", "hf")
     hf = SamplingStageConfig(engine=GenerationEngineConfig(backend="hf"))
-    assert STAGE.key(hf, {}) != STAGE.key(hf.model_copy(update={"engine": GenerationEngineConfig(backend="vllm")}), {})
+    assert sampling.key(hf, {}) != sampling.key(hf.model_copy(update={"engine": GenerationEngineConfig(backend="vllm")}), {})
 
 
 def test_bad_stage_inputs_fail_before_generation(tmp_path, world, tiny_smollm_model_dir):
@@ -149,16 +149,16 @@ def test_bad_stage_inputs_fail_before_generation(tmp_path, world, tiny_smollm_mo
     ctx = at(ctx, tmp_path)
     one = make_inputs(ctx, tiny_smollm_model_dir, n_student=2, exemplar_rows=1)
     with pytest.raises(ValueError, match="num_shots=2 but the exemplar artifact has 1 rows"):
-        sampling(ctx, stage_cfg(), **one)
+        sampling.run(ctx, stage_cfg(), **one)
     with pytest.raises(ValueError, match="longer than the context allows"):
-        sampling(ctx, stage_cfg(max_tokens=1000), **refs)  # tiny model: 1024-token context
+        sampling.run(ctx, stage_cfg(max_tokens=1000), **refs)  # tiny model: 1024-token context
     store = ArtifactStore(ctx.artifact_root)
-    key = STAGE.key(stage_cfg(max_tokens=1000).resolved(), refs)
+    key = sampling.key(stage_cfg(max_tokens=1000).resolved(), refs)
     assert store.lookup("sampling", key) is None
     assert not list((Path(ctx.artifact_root) / "sampling" / key).rglob("*.parquet"))
     skip = stage_cfg(max_tokens=1000, on_overlong_prompt="skip")
     with pytest.raises(ValueError, match="every prompt was overlong"):
-        sampling(ctx, skip, **refs)
+        sampling.run(ctx, skip, **refs)
 
 
 def test_exemplars_must_be_held_out(tmp_path, world):
@@ -170,7 +170,7 @@ def test_exemplars_must_be_held_out(tmp_path, world):
         writer.write_parquet("exemplars.parquet", leaked)
         refs["exemplars"] = writer.commit()
     with pytest.raises(ValueError, match="must be held out"):
-        sampling(ctx, stage_cfg(), **refs)
+        sampling.run(ctx, stage_cfg(), **refs)
 
 
 def test_kill_during_sampling_then_rerun_reuses_the_finished_shards(tmp_path, world):
@@ -179,13 +179,13 @@ def test_kill_during_sampling_then_rerun_reuses_the_finished_shards(tmp_path, wo
     cfg = stage_cfg(k=2, shard_rows=4, max_tokens=10, stop=["\n"]).resolved()  # 3 shards of 2 prompts
     killed = run_stage_in_subprocess(ctx, cfg, refs, kill_after=1)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    folder = Path(ctx.artifact_root) / "sampling" / STAGE.key(cfg, refs)
+    folder = Path(ctx.artifact_root) / "sampling" / sampling.key(cfg, refs)
     first = folder / "shards" / "part-00000.parquet"
     assert first.exists() and not (folder / MANIFEST).exists()
     assert not (folder / "shards" / "part-00001.parquet").exists()
     before = os.stat(first)
 
-    ref = sampling(ctx, cfg, **refs)  # the rerun, in this (another) process
+    ref = sampling.run(ctx, cfg, **refs)  # the rerun, in this (another) process
 
     after = os.stat(first)
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
@@ -195,5 +195,5 @@ def test_kill_during_sampling_then_rerun_reuses_the_finished_shards(tmp_path, wo
     check_samples(resumed, refs, cfg)
 
     # Per-prompt seeds: an uninterrupted run writes the same rows as the killed-and-resumed one.
-    clean = sampling(at(ctx, tmp_path / "clean"), cfg, **refs)
+    clean = sampling.run(at(ctx, tmp_path / "clean"), cfg, **refs)
     assert clean.uri != ref.uri and read_samples(clean).equals(resumed)

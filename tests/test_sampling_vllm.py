@@ -42,7 +42,7 @@ def engine(world):
 def samples(world, engine, tmp_path_factory):
     """The stage's output on the shared engine: its first work, like a fresh process's."""
     ctx, refs = world
-    return sampling(at(ctx, tmp_path_factory.mktemp("vllm-shared")), CFG, **refs, engine=engine)
+    return sampling.run(at(ctx, tmp_path_factory.mktemp("vllm-shared")), CFG, **refs, engine=engine)
 
 
 def test_vllm_stage_writes_k_rows_per_prompt_with_the_schema(world, samples):
@@ -71,7 +71,7 @@ def test_vllm_engine_honours_stop_sequences(engine):
 def test_vllm_same_seed_same_completions_in_a_fresh_process(world, samples, engine, tmp_path):
     ctx, refs = world
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    fresh = sampling(at(ctx, tmp_path), CFG, **refs)  # no engine passed: the stage starts its own
+    fresh = sampling.run(at(ctx, tmp_path), CFG, **refs)  # no engine passed: the stage starts its own
     assert fresh.uri != samples.uri
     # What the backend guarantees (w2s/generation/vllm_backend.py): the same requests with the same
     # per-sample seeds; the same draws wherever the logits agree, but batched bf16 kernels may move

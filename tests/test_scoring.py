@@ -70,7 +70,7 @@ def test_stage_scores_equal_per_sample_forward(ctx, tmp_path, request, fixture):
     weak_ref = _model_artifact(ctx, "weak_sft", base)
     table = _samples_table()
     samples = shard_artifact(ctx, "sampling", [table.slice(0, 8), table.slice(8)])
-    ref = scoring(ctx, ScoringConfig(batch_tokens=400), samples, weak, weak_ref)
+    ref = scoring.run(ctx, ScoringConfig(batch_tokens=400), samples, weak, weak_ref)
     out = pa.concat_tables([pq.read_table(ref.local_dir() / f"shards/part-{i:05d}.parquet") for i in range(2)])
     assert out.column_names == table.column_names + ["logp_weak", "logp_weak_ref", "n_tokens_weak", "truncated"]
     weak_model, tokenizer = load_pretrained(weak_dir)
@@ -152,13 +152,13 @@ def test_killed_scoring_resumes_from_finished_shards(ctx, tmp_path, tiny_char_mo
 
     monkeypatch.setattr(stage, "score_table", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
-        stage.scoring(ctx, ScoringConfig(), samples, weak, weak_ref)
-    key = stage.STAGE.key(ScoringConfig(), {"samples": samples, "weak": weak, "weak_ref": weak_ref})
+        stage.scoring.run(ctx, ScoringConfig(), samples, weak, weak_ref)
+    key = stage.scoring.key(ScoringConfig(), {"samples": samples, "weak": weak, "weak_ref": weak_ref})
     first_shard = os.path.join(ctx.artifact_root, "scoring", key, "shards", "part-00000.parquet")
     before = os.stat(first_shard)
     monkeypatch.setattr(stage, "score_table", real)
     calls.clear()
-    ref = stage.scoring(ctx, ScoringConfig(), samples, weak, weak_ref)
+    ref = stage.scoring.run(ctx, ScoringConfig(), samples, weak, weak_ref)
     after = os.stat(first_shard)
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)  # not rewritten
     assert ref.rows == table.num_rows

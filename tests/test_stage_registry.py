@@ -1,43 +1,91 @@
-"""One list of stage names (w2s/stage_names.py) matches the stage tasks every flow registers, so
-`--until`, offload and retry settings can be validated against it; typos fail at load time."""
+"""One registry of declared stages (w2s/stage.py `@stage`; `import tasks` fills it): every flow's
+stage list is traced from the flow and is in the registry, every registered stage belongs to a
+flow, names in the config are checked against it, and imports run one way (core ← tasks ← flows;
+Prefect only in the adapter)."""
 
 from __future__ import annotations
 
+import ast
+import json
+import subprocess
+import sys
+
 import pytest
 
-from w2s.config_io import ConfigError, load_config
-from w2s.stage_names import ALL_STAGES
-
+from tests.conftest import REPO
+from w2s.config_io import load_config
 
 REGISTRY = """
 import json
-from w2s.orchestration import all_stage_tasks
-registry = all_stage_tasks()
-print(json.dumps({name: task.stage.name for name, task in registry.items()}))
+import tasks
+from flows.stages import FLOWS, stages_of
+registry = tasks.all_stages()
+print(json.dumps({"registry": {name: [s.name, list(s.inputs), s.version] for name, s in registry.items()},
+                  "flows": {name: list(stages_of(name)) for name in FLOWS}}))
 """
 
 
-def test_every_registered_stage_task_is_named_and_every_name_has_a_task():
-    # a fresh process: tests register stand-in stage tasks of their own in this one
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
+@pytest.fixture(scope="module")
+def declared():
+    # a fresh process: tests declare stand-in stages of their own in this one
     out = subprocess.run([sys.executable, "-c", REGISTRY], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    registry = json.loads(out.stdout.strip().splitlines()[-1])
-    assert sorted(registry) == sorted(ALL_STAGES)
-    assert all(stage == name for name, stage in registry.items())
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("override", ["orchestration.offload.stages=[sampling, scorin]",
-                                      "orchestration.stage_retry={studnet: {retries: 2}}"])
-def test_a_misspelt_stage_in_orchestration_is_rejected(override):
-    with pytest.raises(ConfigError, match="unknown stage 'scorin'|unknown stage 'studnet'"):
-        load_config(None, [override])
+def test_every_flow_stage_is_declared_and_every_declared_stage_runs_in_a_flow(declared):
+    registry, flows = declared["registry"], declared["flows"]
+    assert all(name == stage_name for name, (stage_name, _, _) in registry.items())
+    in_flows = {name for stages in flows.values() for name in stages}
+    assert in_flows == set(registry)
+    eve = flows["eve"]
+    assert eve[:10] == ["data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights", "student"]
+    assert eve[-1] == "report" and set(eve) < set(flows["baselines"])
+    # inputs come from the parameter names
+    assert registry["scoring"][1] == ["samples", "weak", "weak_ref"] and registry["sampling"][1] == ["exemplars", "data", "strong"]
+    assert {f"evaluate_{p}" for p in ("naive_sft", "refinement", "dpo_weak_reward", "strong_evaluator", "eve")} <= set(flows["baselines"])
 
 
-def test_any_stage_can_be_offloaded_by_name():
-    cfg = load_config(None, ["orchestration.offload.stages=[evaluate_naive_sft, cls_w2s, strong_evaluator]"])
-    assert cfg.orchestration.offload.stages == ["evaluate_naive_sft", "cls_w2s", "strong_evaluator"]
+def test_a_misspelt_stage_in_orchestration_is_rejected_before_compute(tmp_path):
+    import tasks  # noqa: F401
+    from w2s.stage import check_stage_names
+
+    for override, wrong in (("orchestration.offload.stages=[sampling, scorin]", "scorin"), ("orchestration.stage_retry={studnet: {retries: 2}}", "studnet")):
+        with pytest.raises(ValueError, match=f"unknown stage '{wrong}'"):
+            check_stage_names(load_config(None, [override]).orchestration)
+    check_stage_names(load_config(None, ["orchestration.offload.stages=[evaluate_naive_sft, cls_w2s, strong_evaluator]"]).orchestration)
+    cli = [sys.executable, "-m", "w2s.cli", "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"run.artifact_root={tmp_path / 'root'}"]
+    for extra, message in ((["--set", "orchestration.offload.stages=[scorin]"], "unknown stage 'scorin'"),
+                           (["--until", "studnet"], "'studnet' is not a stage of the eve flow")):
+        out = subprocess.run(cli + extra, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "root").exists()
+
+
+def _imports(path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules} | {m for m in modules if m.startswith("w2s.")}
+
+
+@pytest.mark.parametrize("package", ["w2s", "tasks"])
+def test_imports_run_one_way(package):
+    """The core imports neither Prefect, the stages nor the flows; stages import no Prefect and no
+    flows; the Prefect adapter (w2s/orchestration.py) is imported by flows only; w2s/cli.py is
+    the outermost layer (nothing imports it)."""
+    outer = {"w2s/orchestration.py", "w2s/cli.py"}
+    for path in sorted((REPO / package).rglob("*.py")):
+        rel = str(path.relative_to(REPO))
+        if rel in outer:
+            continue
+        imported = _top(_imports(path))
+        banned = {"prefect", "flows", "w2s.orchestration", "w2s.cli"} | ({"tasks"} if package == "w2s" else set())
+        assert not imported & banned, f"{rel} imports {sorted(imported & banned)}"
+    assert not _top(_imports(REPO / "w2s" / "orchestration.py")) & {"tasks", "flows", "w2s.cli"}

@@ -18,7 +18,7 @@ from w2s.stage import collect_outcomes
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
     from tasks.base_models import weak_base
-    from tasks.data import prepare_data
+    from tasks.data import data as prepare_data
     from tasks.weak_demos import WeakDemosSlice, weak_demos
     from tasks.weak_dpo import weak_dpo
     from tasks.weak_sft import weak_sft
@@ -27,11 +27,11 @@ def tiny_pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("weak")
     config = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={root}"])
     ctx = config.run_context()
-    data = prepare_data(ctx, config.data)
-    base = weak_base(ctx, config.models.weak)
-    sft = weak_sft(ctx, training_slice(config.weak_sft, config), data=data, base=base)
-    dpo = weak_dpo(ctx, training_slice(config.weak_dpo, config), data=data, weak_ref=sft)
-    demos = weak_demos(ctx, WeakDemosSlice.from_pipeline(config), data=data, weak=dpo, weak_ref=sft)
+    data = prepare_data.run(ctx, config.data)
+    base = weak_base.run(ctx, config.models.weak)
+    sft = weak_sft.run(ctx, training_slice(config.weak_sft, config), data=data, base=base)
+    dpo = weak_dpo.run(ctx, training_slice(config.weak_dpo, config), data=data, weak_ref=sft)
+    demos = weak_demos.run(ctx, WeakDemosSlice.from_pipeline(config), data=data, weak=dpo, weak_ref=sft)
     return {"config": config, "ctx": ctx, "data": data, "base": base, "sft": sft, "dpo": dpo, "demos": demos}
 
 
@@ -92,8 +92,8 @@ def test_changing_dpo_beta_reruns_weak_dpo_but_not_weak_sft(tiny_pipeline):
     changed = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={config.run.artifact_root}", "weak_dpo.beta=0.3"])
     ctx = tiny_pipeline["ctx"]
     with collect_outcomes() as outcomes:
-        sft = weak_sft(ctx, training_slice(changed.weak_sft, changed), data=tiny_pipeline["data"], base=tiny_pipeline["base"])
-        dpo = weak_dpo(ctx, training_slice(changed.weak_dpo, changed), data=tiny_pipeline["data"], weak_ref=sft)
+        sft = weak_sft.run(ctx, training_slice(changed.weak_sft, changed), data=tiny_pipeline["data"], base=tiny_pipeline["base"])
+        dpo = weak_dpo.run(ctx, training_slice(changed.weak_dpo, changed), data=tiny_pipeline["data"], weak_ref=sft)
     assert sft == tiny_pipeline["sft"] and dpo.key != tiny_pipeline["dpo"].key
     assert [(o.stage, o.key, o.cache) for o in outcomes] == [("weak_sft", sft.key, "hit"), ("weak_dpo", dpo.key, "miss")]
 
@@ -115,4 +115,4 @@ def test_bad_preferences_named_before_training(ctx):
     data = execute(ctx, Stage("data", 99), config.data, {}, bad_data)
     base = execute(ctx, Stage("weak_base", 99), ModelSpec(), {}, lambda w, r: StageOutput({}))
     with pytest.raises(ValueError, match=r"rows \[1\] have empty or identical chosen/rejected"):
-        weak_sft(ctx, training_slice(config.weak_sft, config), data=data, base=base)
+        weak_sft.run(ctx, training_slice(config.weak_sft, config), data=data, base=base)

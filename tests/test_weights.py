@@ -109,7 +109,7 @@ def test_weights_stage_writes_shards_diagnostics_plot_and_reruns_only_on_its_own
     rng = np.random.default_rng(2)
     shards = [_table([f"s{s}p{i // 4}" for i in range(20)], rng.normal(size=20), rng.normal(size=20)) for s in range(3)]
     scores = shard_artifact(ctx, "scoring", shards)
-    first = weights(ctx, WeightsConfig(beta_over_lambda=1.0), scores)
+    first = weights.run(ctx, WeightsConfig(beta_over_lambda=1.0), scores)
     folder = first.local_dir()
     out = [pq.read_table(folder / f"shards/part-{i:05d}.parquet") for i in range(3)]
     for table, source in zip(out, shards):
@@ -119,5 +119,5 @@ def test_weights_stage_writes_shards_diagnostics_plot_and_reruns_only_on_its_own
         assert table.column_names[:4] == source.column_names  # later stages add columns, never rename
     assert (folder / "weights_histogram.png").stat().st_size > 1000
     assert pq.read_table(folder / "diagnostics").num_rows == 15
-    assert weights(ctx, WeightsConfig(beta_over_lambda=1.0), scores) == first
-    assert weights(ctx, WeightsConfig(beta_over_lambda=0.5), scores).key != first.key
+    assert weights.run(ctx, WeightsConfig(beta_over_lambda=1.0), scores) == first
+    assert weights.run(ctx, WeightsConfig(beta_over_lambda=0.5), scores).key != first.key

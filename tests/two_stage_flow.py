@@ -17,28 +17,27 @@ from prefect import flow
 
 from w2s.artifacts import ArtifactRef
 from w2s.config import DataConfig, WeightsConfig
-from w2s.orchestration import StageTask, pipeline_run
-from w2s.stage import Stage, StageOutput, execute
+from w2s.orchestration import pipeline_run
+from w2s.stage import StageOutput, stage
 from w2s.tracking import RunContext
 
 MARKER = None
-
 
 def _mark(name: str) -> None:
     with open(MARKER, "a") as handle:
         handle.write(name + "\n")
 
-
-def make_rows(ctx: RunContext, cfg: DataConfig) -> ArtifactRef:
+@stage(version=1)
+def rows(ctx: RunContext, cfg: DataConfig):
     def body(writer, run):
         _mark("rows")
         writer.write_parquet("rows.parquet", pa.table({"x": list(range(cfg.n_student))}))
         return StageOutput({"rows": cfg.n_student})
 
-    return execute(ctx, Stage("rows", 1), cfg, {}, body)
+    return body
 
-
-def scale_rows(ctx: RunContext, cfg: WeightsConfig, rows: ArtifactRef) -> ArtifactRef:
+@stage(version=1)
+def scaled(ctx: RunContext, cfg: WeightsConfig, rows: ArtifactRef):
     def body(writer, run):
         import pyarrow.parquet as pq
 
@@ -49,21 +48,14 @@ def scale_rows(ctx: RunContext, cfg: WeightsConfig, rows: ArtifactRef) -> Artifa
         run.log_metrics({"sum": sum(scaled)})
         return StageOutput({"sum": sum(scaled)})
 
-    return execute(ctx, Stage("scaled", 1), cfg, {"rows": rows}, body)
-
-
-rows_task = StageTask(Stage("rows", 1), make_rows)
-scaled_task = StageTask(Stage("scaled", 1), scale_rows)
-
+    return body
 
 @flow(name="two-stage")
 def two_stage(root: str, data: DataConfig = DataConfig(), weights: WeightsConfig = WeightsConfig()):
     ctx = RunContext(artifact_root=root, tracking_uri=f"sqlite:///{root}/mlflow.db", experiment="two-stage")
-    with pipeline_run(ctx, "two-stage", {"root": root}, until=None) as run:
-        rows = rows_task(run.ctx, data)
-        scaled_task(run.ctx, weights, rows=rows)
+    with pipeline_run(data, "two-stage", ctx=ctx) as run:
+        scaled(run.ctx, weights, rows=rows(run.ctx, data))
     return run
-
 
 if __name__ == "__main__":
     from w2s.config_io import load_config

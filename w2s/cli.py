@@ -3,7 +3,7 @@
     w2s run --config pipeline_config.yaml [--set sampling.k=8 ...] [--until STAGE]
     w2s config show pipeline_config.yaml [--set ...]
     w2s config validate pipeline_config.yaml
-    w2s stages
+    w2s stages [--flow baselines]
     w2s baselines --config pipeline_config.yaml        # EVE vs naive SFT, refinement, DPO, strong-as-evaluator
     w2s sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]"
     w2s report --config pipeline_config.yaml --flow baselines --out reports/
@@ -39,8 +39,6 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flows.stages import BASELINE_STAGES, STAGES
-
     parser = argparse.ArgumentParser(prog="w2s", description="Weak-to-strong generalisation pipelines (EVE).", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Run the EVE pipeline on a config, reusing every finished stage.")
     _add_config_args(run)
-    run.add_argument("--until", choices=STAGES, metavar="STAGE", help=f"stop after this stage; one of: {', '.join(STAGES)}")
+    run.add_argument("--until", metavar="STAGE", help="stop after this stage (`w2s stages` lists the flow's stages in order)")
 
     config = sub.add_parser("config", help="show or validate a config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -60,15 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    sub.add_parser("stages", help="list the pipeline's stages in order")
+    stages = sub.add_parser("stages", help="list a flow's stages in the order it runs them (traced from the flow; nothing runs)")
+    stages.add_argument("--flow", choices=("eve", "baselines", "sweep", "w2s_classification", "w2s_theory"), default="eve",
+                        help="which flow (default: eve)")
 
     for name, text in (("baselines", "EVE and every baseline of the paper, each evaluated, one PGR report"),
-                       ("sweep", "the baselines over sweep.seeds, EVE over sweep.beta_over_lambda and sweep.k; mean ± 95 % CI")):
+                       ("sweep", "the baselines over sweep.seeds, EVE over sweep.beta_over_lambda and sweep.k; mean ± 95%% CI")):
         flow_parser = sub.add_parser(name, help=f"run the {name} flow: {text}", description=f"Run the {name} flow: {text}. "
                                      "Every stage shared with earlier runs is reused from the cache.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(flow_parser)
-        flow_parser.add_argument("--until", choices=BASELINE_STAGES, metavar="STAGE", help="stop after this stage")
+        flow_parser.add_argument("--until", metavar="STAGE", help=f"stop after this stage (`w2s stages --flow {name}` lists them)")
     report = sub.add_parser("report", help="write the PGR report (Markdown + HTML) of a flow, running what is not cached",
                             description="Runs FLOW (cached stages are reused), then copies its report folder to --out.")
     _add_config_args(report)
@@ -88,14 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `w2s stages | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Prefect's embedded server gets 20 s to start by default: too little on 2 busy cores.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         if args.command == "stages":
-            from flows.stages import STAGES
+            from flows.stages import stages_of
 
-            print("\n".join(STAGES))
+            print("\n".join(stages_of(args.flow)))
             return 0
         if args.command == "classification":
             return run_classification(args.config, args.overrides)
@@ -105,18 +113,37 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.file, args.overrides)
             if args.config_command == "validate":
                 preflight(cfg)
+                check_stages(cfg, "eve", None)
                 print(f"{args.file}: valid")
             else:
                 sys.stdout.write(dump_yaml(cfg))
             return 0
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)
+        check_stages(cfg, "eve" if args.command == "run" else args.flow if args.command == "report" else args.command,
+                     getattr(args, "until", None))
     except ConfigError as exc:
         print(f"w2s: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "report":
         return write_report(cfg, args.flow, args.out)
     return run_pipeline(cfg, args.until, "eve" if args.command == "run" else args.command)
+
+
+def check_stages(cfg, flow_name: str, until: str | None) -> None:
+    """Stage names in the config and `--until` name stages of the registry / of this flow."""
+    from flows.stages import flow_named
+    from w2s.orchestration import flow_stages
+    from w2s.stage import check_stage_names
+
+    try:
+        check_stage_names(cfg.orchestration)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if until is not None:
+        names = flow_stages(flow_named(flow_name), cfg)
+        if until not in names:
+            raise ConfigError(f"--until: {until!r} is not a stage of the {flow_name} flow; one of: {', '.join(names)}")
 
 
 def _flow(name: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from w2s.content import content_input
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from w2s.config_base import PositiveInt, Section
 
@@ -64,21 +64,13 @@ class OffloadConfig(Section):
 
 
 class OrchestrationConfig(Section):
-    """How Prefect runs the stages. Not part of any cache key: artifacts are the same however they ran."""
+    """How Prefect runs the stages. Not part of any cache key: artifacts are the same however they ran.
+    Stage names here are checked against the stage registry by `w2s` and at the start of a flow
+    run (w2s/stage.py: check_stage_names), before any compute."""
 
     retry: RetryConfig = RetryConfig()
     stage_retry: dict[str, RetryConfig] = Field({}, description="Per-stage overrides, by stage name.")
     offload: OffloadConfig = OffloadConfig()
-
-    @model_validator(mode="after")
-    def _known_stages(self) -> OrchestrationConfig:
-        from w2s.stage_names import ALL_STAGES, unknown_stages
-
-        for key, names in (("stage_retry", list(self.stage_retry)), ("offload.stages", self.offload.stages)):
-            unknown = unknown_stages(names)
-            if unknown:
-                raise ValueError(f"{key}: unknown stage {unknown[0]!r} (stages: {', '.join(ALL_STAGES)})")
-        return self
 
     def retry_for(self, stage: str) -> RetryConfig:
         return self.stage_retry.get(stage, self.retry)

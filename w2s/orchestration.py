@@ -16,13 +16,13 @@ import contextvars
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from pydantic_core import to_jsonable_python
@@ -31,7 +31,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config_base import json_finite
-from w2s.stage import Stage, collect_outcomes, log_cached, planned_key
+from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcomes, log_cached, planned_key, use_runner
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -59,18 +59,6 @@ def prefect_records_dir(artifact_root: str):
     return _record_blocks[artifact_root]
 
 
-def artifact_inputs(inputs: dict[str, Any]) -> dict[str, ArtifactRef]:
-    """The artifact inputs of a stage call; a dict of refs (the report's evaluations) flattens to
-    `name.label`, exactly as the stage passes it to `execute`, so both compute the same key."""
-    found: dict[str, ArtifactRef] = {}
-    for name, value in inputs.items():
-        if isinstance(value, ArtifactRef):
-            found[name] = value
-        elif isinstance(value, dict):
-            found |= {f"{name}.{label}": ref for label, ref in sorted(value.items()) if isinstance(ref, ArtifactRef)}
-    return found
-
-
 @dataclass
 class ArtifactCachePolicy(CachePolicy):
     """Pure: the record name of a key the caller computed (no hashing, no I/O, no deletion)."""
@@ -83,17 +71,6 @@ class ArtifactCachePolicy(CachePolicy):
 
 def record_name(stage: Stage, key: str) -> str:
     return f"{RECORD_PREFIX}-{stage.name}-{key}"
-
-
-def _with_faults(name: str, fn: Callable[..., ArtifactRef]) -> Callable[..., ArtifactRef]:
-    """Fault point `<stage>:0` at the start of every attempt (tests: W2S_FAIL_ONCE=<stage>:0)."""
-
-    @functools.wraps(fn)
-    def attempt(*args: Any, **kwargs: Any) -> ArtifactRef:
-        faults.checkpoint(name, 0)
-        return fn(*args, **kwargs)
-
-    return attempt
 
 
 @dataclass
@@ -129,94 +106,117 @@ def retry_delays(retry: RetryConfig) -> list[float]:
     return [retry.delay_s * retry.backoff**attempt for attempt in range(retry.retries)]
 
 
-STAGE_TASKS: dict[str, StageTask] = {}
+_tasks: dict[tuple[str, int], Any] = {}
 
 
-def all_stage_tasks() -> dict[str, StageTask]:
-    """Every stage task of every flow, by name (importing the flows registers them; the
-    evaluation stages exist per policy and are made here)."""
-    import flows.baselines  # noqa: F401
-    import flows.eve  # noqa: F401
-    import flows.w2s_classification  # noqa: F401
-    import flows.w2s_theory  # noqa: F401
-    from tasks.evaluate import evaluate_task
-    from w2s.stage_names import ALL_STAGES
+def _task_of(declared: Stage):
+    """The Prefect task of a stage, made once: the stage's own signature, so the UI shows its inputs."""
+    memo = (declared.name, id(declared.fn))
+    if memo not in _tasks:
+        @functools.wraps(declared.fn)
+        def attempt(ctx: RunContext, cfg: Any, **inputs: Any) -> ArtifactRef:
+            faults.checkpoint(declared.name, 0)  # fault point `<stage>:0` at the start of every attempt
+            return declared.run(ctx, cfg, **inputs)
 
-    for name in ALL_STAGES:
-        if name.startswith("evaluate_"):
-            evaluate_task(name.removeprefix("evaluate_"))
-    return dict(STAGE_TASKS)
+        _tasks[memo] = task(name=declared.name, persist_result=True, result_serializer="json")(attempt)
+    return _tasks[memo]
 
 
-class StageTask:
-    """A stage's pure function as a Prefect task, called from a flow like the function itself."""
-
-    def __init__(self, stage: Stage, fn: Callable[..., ArtifactRef], select: Callable[[Any], Any] | None = None):
-        """`select` picks the stage's config slice from the whole PipelineConfig, so flows pass the
-        whole config and each stage (and its cache key, and its Prefect inputs) sees only its slice.
-        Retries come from `config.orchestration` at call time (a failed attempt writes no manifest,
-        so a retry never sees a half-written artifact: it rewrites or resumes from whole files)."""
-        self.stage, self.fn, self.select = stage, fn, select
-        self.task = task(name=stage.name, persist_result=True, result_serializer="json")(_with_faults(stage.name, fn))
-        STAGE_TASKS[stage.name] = self
-
-    def __call__(self, ctx: RunContext, config, **inputs: ArtifactRef) -> ArtifactRef:
-        started = time.perf_counter()
-        cfg = self.select(config) if self.select is not None else config
-        orchestration = orchestration_of(config)
-        store = store_for(ctx.artifact_root)
-        key = self.stage.key(cfg, artifact_inputs(inputs))  # once per call
-        found = store.lookup(self.stage.name, key)
-        offload = orchestration.offload
-        if found is None and offload.enabled and self.stage.name in offload.stages:
-            ref = offload_stage(offload, self.stage, key, ctx, config, inputs)
-            self._report(StageRow(self.stage.name, "remote", time.perf_counter() - started, ref.uri, None))
-            return ref
-        retry = orchestration.retry_for(self.stage.name)
-        configured = self.task.with_options(
-            cache_policy=ArtifactCachePolicy(record=record_name(self.stage, key)),
-            refresh_cache=found is None,
-            result_storage=prefect_records_dir(ctx.artifact_root),
-            retries=retry.retries,
-            retry_delay_seconds=retry_delays(retry),
-        )
-        with collect_outcomes() as outcomes, planned_key(self.stage.name, key):
-            state = configured(ctx, cfg, return_state=True, **inputs)
-            state.result()  # raises the stage's error
-        wall = time.perf_counter() - started
-        if outcomes:  # the body ran: it computed, or found the artifact another run had just made
-            last = outcomes[-1]
-            ref = store.lookup(self.stage.name, key)
-            self._report(StageRow(self.stage.name, last.cache, wall, last.uri, last.mlflow_run_id))
-        else:  # Prefect "Cached": the reference is the one verified above, on this root
-            ref = found
-            if ref is None:
-                raise RuntimeError(f"{self.stage.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
-            self._report(StageRow(self.stage.name, "hit", wall, ref.uri, log_cached(ctx, self.stage, key, cfg, ref)))
-        if ref is None:
-            raise RuntimeError(f"{self.stage.name}: computed {key} but it fails verification in {ctx.artifact_root}")
+def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str, Any]) -> ArtifactRef:
+    """The runner a flow run installs: the stage as a Prefect task (Cached when its artifact
+    verifies), retried per `config.orchestration`, offloaded when configured. A failed attempt
+    writes no manifest, so a retry never sees a half-written artifact: it rewrites or resumes
+    from whole, sealed files."""
+    started = time.perf_counter()
+    cfg = declared.slice_of(config)
+    orchestration = orchestration_of(config)
+    store = store_for(ctx.artifact_root)
+    key = declared.key(cfg, artifact_inputs(inputs))  # once per call
+    found = store.lookup(declared.name, key)
+    offload = orchestration.offload
+    if found is None and offload.enabled and declared.name in offload.stages:
+        ref = offload_stage(offload, declared, key, ctx, config, inputs)
+        _report(declared, StageRow(declared.name, "remote", time.perf_counter() - started, ref.uri, None))
         return ref
+    retry = orchestration.retry_for(declared.name)
+    configured = _task_of(declared).with_options(
+        cache_policy=ArtifactCachePolicy(record=record_name(declared, key)),
+        refresh_cache=found is None,
+        result_storage=prefect_records_dir(ctx.artifact_root),
+        retries=retry.retries,
+        retry_delay_seconds=retry_delays(retry),
+    )
+    with collect_outcomes() as outcomes, planned_key(declared.name, key):
+        state = configured(ctx, cfg, return_state=True, **inputs)
+        state.result()  # raises the stage's error
+    wall = time.perf_counter() - started
+    if outcomes:  # the body ran: it computed, or found the artifact another run had just made
+        last = outcomes[-1]
+        ref = store.lookup(declared.name, key)
+        _report(declared, StageRow(declared.name, last.cache, wall, last.uri, last.mlflow_run_id))
+    else:  # Prefect "Cached": the reference is the one verified above, on this root
+        ref = found
+        if ref is None:
+            raise RuntimeError(f"{declared.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
+        _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref)))
+    if ref is None:
+        raise RuntimeError(f"{declared.name}: computed {key} but it fails verification in {ctx.artifact_root}")
+    return ref
 
-    def _report(self, row: StageRow) -> None:
-        pipeline = _pipeline.get()
-        if pipeline is not None:
-            pipeline.rows.append(row)
-            if pipeline.until == self.stage.name:
-                raise UntilReached(self.stage.name)
+
+def _report(declared: Stage, row: StageRow) -> None:
+    pipeline = _pipeline.get()
+    if pipeline is not None:
+        pipeline.rows.append(row)
+        if pipeline.until == declared.name:
+            raise UntilReached(declared.name)
+
+
+# ------------------------------------------------------------------------------ tracing a flow
+_tracing: contextvars.ContextVar[bool] = contextvars.ContextVar("w2s_tracing", default=False)
+
+
+def flow_stages(flow_fn: Any, config: Any) -> tuple[str, ...]:
+    """The stages a flow calls on `config`, in call order, without computing anything: its body
+    runs with a runner that records each stage and hands back a placeholder artifact (flows hold
+    no logic of their own, so the calls are the DAG). What `--until` and `w2s stages` read."""
+    called: list[str] = []
+
+    def record(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str, Any]) -> ArtifactRef:
+        called.append(declared.name)
+        return ArtifactRef(stage=declared.name, key="traced", uri=f"traced://{declared.name}", digest="0" * 64)
+
+    token = _tracing.set(True)
+    try:
+        with use_runner(record):
+            getattr(flow_fn, "fn", flow_fn)(config=config)
+    finally:
+        _tracing.reset(token)
+    return tuple(dict.fromkeys(called))
 
 
 @contextmanager
-def pipeline_run(ctx: RunContext, flow_name: str, params: dict[str, Any], until: str | None) -> Iterator[PipelineState]:
-    """Parent MLflow run + summary rows for one flow run; ends quietly after the `until` stage."""
+def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: RunContext | None = None) -> Iterator[PipelineState]:
+    """One flow run: its stages run as Prefect tasks under a parent MLflow run (the flow's config
+    as its params), with summary rows; ends quietly after the `until` stage. Misnamed stages in
+    `config.orchestration` fail here, before any compute."""
     from w2s.tracking import end_flow_run, start_flow_run
 
+    ctx = ctx or config.run_context()
+    if _tracing.get():  # flow_stages: no tracking, the tracer's runner stays
+        yield PipelineState(ctx=ctx, until=None)
+        return
+    if isinstance(config, PipelineConfig):
+        check_stage_names(config.orchestration)
+    params = config.model_dump(mode="json")
     flow_run_id, flow_run_url = _prefect_flow_run()
     ctx = ctx.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": flow_run_url, **infrastructure_overrides()})
     ctx = start_flow_run(ctx, flow_name, params)
     state = PipelineState(ctx=ctx, until=until)
     token = _pipeline.set(state)
     try:
-        yield state
+        with use_runner(run_as_task):
+            yield state
     except UntilReached:
         end_flow_run(ctx, "FINISHED")
     except BaseException:
@@ -304,17 +304,3 @@ def offload_stage(offload: OffloadConfig, stage: Stage, key: str, ctx: RunContex
         raise RuntimeError(f"offloaded stage {stage.name} completed but its artifact is not under {ctx.artifact_root} "
                            "(offload needs an artifact root both sides share, e.g. s3://)")
     return ref
-
-
-@flow(name="eve-stage", log_prints=True)
-def eve_stage(stage: str, config: PipelineConfig, ctx: RunContext, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
-    """One stage of any flow on its own (the target of offload): same task, retries and cache."""
-    # A deployment loads this file by path, as a module of its own: the registry the stage tasks
-    # filled is the one of the importable w2s.orchestration.
-    from w2s.orchestration import all_stage_tasks
-
-    registry = all_stage_tasks()
-    if stage not in registry:
-        raise ValueError(f"eve-stage: unknown stage {stage!r}; one of {', '.join(registry)}")
-    local = config.model_copy(update={"orchestration": config.orchestration.model_copy(update={"offload": OffloadConfig()})})
-    return registry[stage](ctx.model_copy(update=infrastructure_overrides()), local, **inputs)

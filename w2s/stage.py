@@ -1,14 +1,27 @@
-"""Running one stage against the artifact store, without Prefect.
+"""A stage is a declared node; running one against the artifact store needs no Prefect.
+
+    @stage(version=2, reads=lambda config: config.scoring)
+    def scoring(ctx, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
+        def body(writer, run) -> StageOutput: ...
+        return body
+
+The declaration states everything once: the name (the function's), the version, the config slice it
+reads and its artifact inputs (the parameters after `cfg`). It goes into one registry (`REGISTRY`,
+filled by importing `tasks`), from which stage lists, `--until`, offload and retry names derive.
 
 `execute` is the whole cache contract in one place: compute the key from (stage name, stage version,
 config slice, input digests); reuse a verified artifact under that key; otherwise run the body in a
 nested MLflow run, write its files, and write the manifest last. A body that raises leaves no
 manifest, so nothing failed or partial is ever reused.
+
+Calling a stage in a flow goes through the active *runner*: plain `execute` by default; the Prefect
+adapter (w2s/orchestration.py) installs its own for a flow run, so the core never imports Prefect.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import os
 import shutil
@@ -16,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel
@@ -31,11 +44,96 @@ from w2s.tracking import RunContext, StageRun, log_artifact_summary, stage_run
 class Stage:
     name: str
     version: int  # bump when the stage's code changes what it writes: old artifacts stop matching
+    # (ctx, cfg, **inputs) -> Body; None for a stage run only through `execute` (tests' stand-ins)
+    fn: Callable[..., Body] | None = field(default=None, compare=False, repr=False)
+    reads: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)  # whole config → slice
+    inputs: tuple[str, ...] = ()  # artifact parameters (annotated ArtifactRef), in declaration order
+    optional: frozenset[str] = frozenset()  # inputs with a default (None: not given)
+    options: tuple[str, ...] = ()  # other keyword parameters, never keyed (tests pass an open engine)
+    evaluated_as: str | None = None  # the policy label of its `evaluate_<label>` stage, if it is a policy
 
     def key(self, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
         """sha256 of name, version, config slice, input artifact digests and the content digests
         of the local files/folders the slice names (w2s/content.py)."""
         return cache_key(self.name, self.version, config_slice(cfg), input_digests(inputs) | content_digests(cfg))
+
+    def slice_of(self, config: Any) -> Any:
+        return self.reads(config) if self.reads is not None else config
+
+    def reading(self, reads: Callable[[Any], Any]) -> Stage:
+        """The same stage (name, version, body) on another slice of the config, e.g. features of two models."""
+        return replace(self, reads=reads)
+
+    def check_inputs(self, given: Mapping[str, Any]) -> None:
+        unknown = sorted(set(given) - set(self.inputs) - set(self.options))
+        missing = [name for name in self.inputs if name not in given and name not in self.optional]
+        if unknown or missing:
+            raise TypeError(f"stage {self.name}: inputs are ({', '.join(self.inputs)}); "
+                            + (f"unknown {', '.join(unknown)}" if unknown else f"missing {', '.join(missing)}"))
+
+    def run(self, ctx: RunContext, cfg: Any, *args: Any, **inputs: Any) -> ArtifactRef:
+        """This stage on its own config slice, through `execute` (no Prefect); inputs by name or
+        in declaration order."""
+        if args:
+            inputs = dict(list(inspect.signature(self.fn).bind(ctx, cfg, *args, **inputs).arguments.items())[2:])
+        self.check_inputs(inputs)
+        return execute(ctx, self, cfg, artifact_inputs(inputs), self.fn(ctx, cfg, **inputs))
+
+    def __call__(self, ctx: RunContext, config: Any, **inputs: Any) -> ArtifactRef:
+        """What a flow calls, with the whole config: the active runner runs it on its slice."""
+        self.check_inputs(inputs)
+        return _runner.get()(self, ctx, config, inputs)
+
+
+# Every declared stage, by name. `import tasks` fills it with every stage of every flow.
+REGISTRY: dict[str, Stage] = {}
+
+
+def register(declared: Stage) -> Stage:
+    known = REGISTRY.get(declared.name)
+    if known is not None and known.fn is not None and declared.fn is not None and (
+            (known.fn.__module__, known.fn.__qualname__) != (declared.fn.__module__, declared.fn.__qualname__)):
+        raise ValueError(f"stage {declared.name!r} is declared twice: {known.fn.__module__} and {declared.fn.__module__}")
+    REGISTRY[declared.name] = declared
+    return declared
+
+
+def stage(version: int, reads: Callable[[Any], Any] | None = None, evaluated_as: str | None = None, name: str | None = None):
+    """Declares the decorated `fn(ctx, cfg, **inputs) -> Body` as a registered stage (see the module doc).
+    `name` is only for stages made in a loop (one evaluation per policy); otherwise it is fn's name."""
+
+    def declare(fn: Callable[..., Body]) -> Stage:
+        params = list(inspect.signature(fn).parameters.values())[2:]  # after (ctx, cfg)
+        artifacts = [p for p in params if "ArtifactRef" in str(p.annotation)]
+        return register(Stage(name or fn.__name__, version, fn, reads, tuple(p.name for p in artifacts),
+                              frozenset(p.name for p in artifacts if p.default is not inspect.Parameter.empty),
+                              tuple(p.name for p in params if p not in artifacts), evaluated_as))
+
+    return declare
+
+
+def unknown_stages(names) -> list[str]:
+    return [name for name in names if name not in REGISTRY]
+
+
+def check_stage_names(orchestration) -> None:
+    """`orchestration.stage_retry` and `offload.stages` name registered stages (typos fail before compute)."""
+    for key, names in (("orchestration.stage_retry", list(orchestration.stage_retry)), ("orchestration.offload.stages", orchestration.offload.stages)):
+        unknown = unknown_stages(names)
+        if unknown:
+            raise ValueError(f"{key}: unknown stage {unknown[0]!r} (stages: {', '.join(REGISTRY)})")
+
+
+def artifact_inputs(inputs: Mapping[str, Any]) -> dict[str, ArtifactRef]:
+    """The artifact inputs of a stage call as the key sees them; a dict of refs (the report's
+    evaluations) flattens to `name.label`; None (an optional input not given) is left out."""
+    found: dict[str, ArtifactRef] = {}
+    for name, value in inputs.items():
+        if isinstance(value, ArtifactRef):
+            found[name] = value
+        elif isinstance(value, dict):
+            found |= {f"{name}.{label}": ref for label, ref in sorted(value.items()) if isinstance(ref, ArtifactRef)}
+    return found
 
 
 @dataclass
@@ -49,6 +147,14 @@ class StageOutput:
 log = logging.getLogger(__name__)
 
 Body = Callable[[StageWriter, StageRun], StageOutput]
+Runner = Callable[[Stage, RunContext, Any, Mapping[str, Any]], ArtifactRef]
+
+
+def run_directly(declared: Stage, ctx: RunContext, config: Any, inputs: Mapping[str, Any]) -> ArtifactRef:
+    return declared.run(ctx, declared.slice_of(config), **inputs)
+
+
+_runner: contextvars.ContextVar[Runner] = contextvars.ContextVar("w2s_stage_runner", default=run_directly)
 
 
 def config_slice(cfg: BaseModel) -> dict[str, Any]:
@@ -82,6 +188,11 @@ def _bound(var: contextvars.ContextVar, value) -> Iterator:
         yield value
     finally:
         var.reset(token)
+
+
+def use_runner(runner: Runner):
+    """Stage calls inside the block go through `runner` (the Prefect adapter; the flow tracer)."""
+    return _bound(_runner, runner)
 
 
 def collect_outcomes():

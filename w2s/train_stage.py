@@ -18,7 +18,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.writer import StageWriter
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Body, StageOutput
 from w2s.tracking import RunContext, StageRun
 
 
@@ -52,8 +52,7 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
                                         "resumed_from_step": result.resumed_from_step, "history": history})
 
 
-def train_on_gold_preferences(ctx: RunContext, stage: Stage, cfg: TrainingSlice, objective: str, data: ArtifactRef,
-                              base: ArtifactRef, base_input: str) -> ArtifactRef:
+def train_on_gold_preferences(ctx: RunContext, cfg: TrainingSlice, objective: str, data: ArtifactRef, base: ArtifactRef) -> Body:
     """SFT on the gold *chosen* responses, or DPO on the gold pairs (§9.2), from `base`'s model.
     The weak teacher (weak_sft → weak_dpo) and the strong ceiling (strong_sft → strong_dpo) share it."""
     from w2s.data.splits import read_preferences
@@ -69,4 +68,4 @@ def train_on_gold_preferences(ctx: RunContext, stage: Stage, cfg: TrainingSlice,
         writer.write_parquet(name, table)
         return run_training(writer, run, cfg, objective, model_dir(base, store), [writer.path(name)])
 
-    return execute(ctx, stage, cfg, {"data": data, base_input: base}, body)
+    return body

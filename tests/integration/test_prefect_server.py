@@ -198,7 +198,7 @@ def test_offloaded_stage_runs_on_the_stage_deployment(stack, two_runs):
     from mlflow.tracking import MlflowClient
 
     stack.cli("prefect", "work-pool", "create", "gpu-sim", "--type", "process")
-    stack.cli("prefect", "--no-prompt", "deploy", "w2s/orchestration.py:eve_stage", "--name", "eve-stage-sim", "--pool", "gpu-sim",
+    stack.cli("prefect", "--no-prompt", "deploy", "flows/offload.py:eve_stage", "--name", "eve-stage-sim", "--pool", "gpu-sim",
               "--no-enforce-parameter-schema")  # as deployments/prefect.yaml: eve-stage-gpu
     worker = spawn("gpu-sim-worker", [str(BIN / "prefect"), "worker", "start", "--pool", "gpu-sim", "--type", "process"],
                    stack.logs, stack.env, REPO)

@@ -13,11 +13,10 @@ from prefect import flow
 from w2s import faults
 from w2s.artifacts import MANIFEST, ArtifactStore
 from w2s.config import DataConfig, OrchestrationConfig, PipelineConfig, RetryConfig
-from w2s.orchestration import StageTask, orchestration_of, retry_delays
-from w2s.stage import Stage, StageOutput, execute
+from w2s.orchestration import orchestration_of, retry_delays, run_as_task
+from w2s.stage import Stage, StageOutput
 from w2s.writer import StageWriter
 
-STAGE = Stage("weights", 901)  # a stand-in under a real stage name (stage_retry only names real stages)
 SEEN: list[dict] = []
 
 
@@ -27,19 +26,20 @@ def flaky(ctx, cfg: DataConfig):
         SEEN.append({"manifest": (writer.dir / MANIFEST).exists(),
                      "files": sorted(p.name for p in writer.dir.iterdir() if not p.name.startswith("."))})
         writer.write_parquet("part-0.parquet", pa.table({"x": list(range(cfg.n_student))}))
-        faults.checkpoint(STAGE.name, 1)  # W2S_FAIL_ONCE=weights:1 raises here, after part-0 is written
+        faults.checkpoint(writer.stage, 1)  # W2S_FAIL_ONCE=weights:1 raises here, after part-0 is written
         writer.write_parquet("part-1.parquet", pa.table({"x": list(range(cfg.n_student, 2 * cfg.n_student))}))
         return StageOutput({"rows": 2 * cfg.n_student})
 
-    return execute(ctx, STAGE, cfg, {}, body)
+    return body
 
 
-flaky_task = StageTask(STAGE, flaky, select=lambda config: config.data)
+# A stand-in under a real stage name (stage_retry only names real stages), not registered.
+STAGE = Stage("weights", 901, fn=flaky, reads=lambda config: config.data)
 
 
 @flow(name="flaky-flow")
 def flaky_flow(ctx, config: PipelineConfig):
-    return flaky_task(ctx, config)
+    return run_as_task(STAGE, ctx, config, {})
 
 
 def _config(retries: int) -> PipelineConfig:
