@@ -15,7 +15,7 @@ from flows.eve import evaluate_eve, eve_stages
 from tasks.report import report
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
-from w2s.config_io import with_values
+from w2s.config.loading import with_values
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 

@@ -24,7 +24,7 @@ from tasks.classification import cls_w2s as weak_to_strong
 from tasks.classification import cls_weak_features as weak_features
 from tasks.classification import cls_weak_teacher as weak_teacher
 from tasks.classification_report import cls_report as report
-from w2s.classification.config import ClassificationConfig
+from w2s.config.classification import ClassificationConfig
 from w2s.orchestration import PipelineState, pipeline_run
 
 

@@ -15,7 +15,7 @@ from prefect import flow
 from tasks.theory import theory_plots as plot_misfit_vs_gain
 from tasks.theory import theory_runs as weak_to_strong_runs
 from w2s.orchestration import PipelineState, pipeline_run
-from w2s.theory.config import TheoryPipelineConfig
+from w2s.config.theory import TheoryPipelineConfig
 
 
 @flow(name="w2s_theory", log_prints=True)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.classification import experiments as ex
-from w2s.classification.config import (
+from w2s.config.classification import (
     ClsDataConfig, FeatureSlice, StudentSlice, TeacherSlice, seeds_of, student_slice,
 )
 from w2s.classification.data import build_table

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from tasks.classification import finite, read_json
 from w2s.artifacts import ArtifactRef
-from w2s.classification.config import ClsEvalConfig
+from w2s.config.classification import ClsEvalConfig
 from w2s.classification.report import markdown, plot_epochs, plot_pgr, plot_probes, summarise
 from w2s.stage import Body, StageOutput, stage
 from w2s.tracking import RunContext

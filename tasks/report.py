@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, store_for
-from w2s.config_base import json_finite
+from w2s.config.base import json_finite
 from w2s.evaluation import mean_ci95
 from w2s.report import build_report, plot_report, render_html, render_markdown
 from w2s.stage import Body, StageOutput, stage

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, read_weak_demos
 from w2s.config import GoldRewardSpec, PipelineConfig, SweepConfig
-from w2s.config_base import Section
+from w2s.config.base import Section
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import shard_paths

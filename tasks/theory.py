@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.stage import Body, StageOutput, stage
-from w2s.theory.config import TheoryConfig
+from w2s.config.theory import TheoryConfig
 from w2s.theory.experiment import fractions, run
 from w2s.theory.plot import scatter
 from w2s.tracking import RunContext

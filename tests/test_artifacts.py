@@ -17,7 +17,7 @@ from w2s.writer import StageWriter
 
 KEY_SCRIPT = """
 import sys
-from w2s.config_io import load_config
+from w2s.config.loading import load_config
 from w2s.stage import Stage
 cfg = load_config(None, sys.argv[1:])
 print(Stage("weights", 1).key(cfg.weights, {}), Stage("data", 1).key(cfg.data, {}))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, shard_artifact
-from w2s.config_io import load_config
+from w2s.config.loading import load_config
 from w2s.models.build import load_pretrained
 from w2s.stage import Stage, StageOutput, execute
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from w2s.classification.config import AuxLossConfig, ClassificationConfig, ClsDataConfig, FeaturesConfig
+from w2s.config.classification import AuxLossConfig, ClassificationConfig, ClsDataConfig, FeaturesConfig
 from w2s.classification.heads import aux_confidence_loss, alpha_at, hardened_targets, two_class
 from w2s.classification.metrics import accuracy, ece, pgr, weak_error_agreement
 

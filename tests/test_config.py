@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import REPO
 from w2s.config import PipelineConfig
-from w2s.config_io import ConfigError, apply_override, load_config, preflight
+from w2s.config.loading import ConfigError, apply_override, load_config, preflight
 
 CONFIGS = [REPO / "pipeline_config.yaml", REPO / "configs" / "tiny.yaml", REPO / "configs" / "tldr_llama3b.yaml"]
 
@@ -166,7 +166,7 @@ def test_cli_config_show_and_validate(tmp_path):
 
 
 def test_set_into_an_aliased_yaml_section_changes_only_that_section(tmp_path):
-    from w2s.config_io import load_config
+    from w2s.config.loading import load_config
 
     path = tmp_path / "anchored.yaml"
     path.write_text("baselines:\n  strong_sft: &t {max_steps: 2}\n  strong_dpo: *t\n  naive_sft: *t\n")

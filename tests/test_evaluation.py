@@ -125,7 +125,7 @@ def test_sweep_labels_are_valid_mlflow_param_keys():
     from mlflow.utils.validation import _validate_param_name
 
     from flows.sweep import sweep_points
-    from w2s.config_io import load_config
+    from w2s.config.loading import load_config
     from tests.conftest import REPO
 
     config = load_config(REPO / "configs" / "tiny.yaml", ["sweep.seeds=[0, 3]", "sweep.k=[2, 4]"])

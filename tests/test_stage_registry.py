@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from w2s.config_io import load_config
+from w2s.config.loading import load_config
 
 REGISTRY = """
 import json

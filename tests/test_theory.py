@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from w2s.theory.config import TheoryConfig
+from w2s.config.theory import TheoryConfig
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -126,7 +126,7 @@ def test_flow_runs_end_to_end_and_rerun_hits_cache(tmp_path):
 
     from flows.w2s_theory import w2s_theory
     from w2s.cli import main
-    from w2s.theory.config import load_theory_config
+    from w2s.config.theory import load_theory_config
 
     config = tmp_path / "theory.yaml"
     config.write_text(f"run: {{artifact_root: {tmp_path}/art, experiment: theory-test}}\n"

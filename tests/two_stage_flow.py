@@ -58,7 +58,7 @@ def two_stage(root: str, data: DataConfig = DataConfig(), weights: WeightsConfig
     return run
 
 if __name__ == "__main__":
-    from w2s.config_io import load_config
+    from w2s.config.loading import load_config
 
     root, MARKER = sys.argv[1], sys.argv[2]
     cfg = load_config(None, [a for a in sys.argv[3:] if a != "--set"])

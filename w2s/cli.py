@@ -21,7 +21,7 @@ import os
 import sys
 import time
 
-from w2s.config_io import ConfigError, dump_yaml, load_config, preflight
+from w2s.config.loading import ConfigError, dump_yaml, load_config, preflight
 
 EPILOG = """\
 Rerunning the same command resumes: every stage whose artifact exists and verifies is reused
@@ -196,9 +196,9 @@ def write_report(cfg, flow_name: str, out: str) -> int:
 
 
 def run_classification(path: str, overrides: list[str]) -> int:
-    """`w2s classification`: flows/w2s_classification.py on its own schema (w2s/classification/config.py)."""
-    from w2s.classification.config import load_classification_config
-    from w2s.config_io import check_writable_root
+    """`w2s classification`: flows/w2s_classification.py on its own schema (w2s/config/classification.py)."""
+    from w2s.config.classification import load_classification_config
+    from w2s.config.loading import check_writable_root
 
     cfg = load_classification_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
     check_writable_root(cfg.run.artifact_root)
@@ -214,9 +214,9 @@ def run_classification(path: str, overrides: list[str]) -> int:
 
 
 def run_theory(path: str | None, overrides: list[str]) -> int:
-    """`w2s theory`: its config has its own schema (w2s/theory/config.py) around the shared RunConfig."""
-    from w2s.config_io import check_writable_root
-    from w2s.theory.config import load_theory_config
+    """`w2s theory`: its config has its own schema (w2s/config/theory.py) around the shared RunConfig."""
+    from w2s.config.loading import check_writable_root
+    from w2s.config.theory import load_theory_config
 
     cfg = load_theory_config(path, overrides)  # a ConfigError reaches main's handler: exit code 2
     check_writable_root(cfg.run.artifact_root)

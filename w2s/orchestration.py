@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -30,7 +29,7 @@ from pydantic_core import to_jsonable_python
 from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
-from w2s.config_base import json_finite
+from w2s.config.base import json_finite
 from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcomes, log_cached, planned_key, use_runner
 from w2s.tracking import RunContext
 
@@ -242,13 +241,13 @@ def _prefect_flow_run() -> tuple[str | None, str | None]:
 # ------------------------------------------------------------------------------ deployments, pools
 ENV_ARTIFACT_ROOT = "W2S_ARTIFACT_ROOT"
 ENV_TRACKING_URI = "W2S_TRACKING_URI"
-EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "pipeline_config.yaml"
 
 
 def embedded_default() -> PipelineConfig:
-    """The flow's parameter default: pipeline_config.yaml where the repository is (a checkout, the
-    images), so the Prefect UI's run form starts from it; the schema defaults elsewhere."""
-    from w2s.config_io import ConfigError, load_config
+    """The flow's parameter default: pipeline_config.yaml (the checkout's, or the copy an installed
+    w2s ships), so the Prefect UI's run form starts from it."""
+    from w2s.config.loading import ConfigError, load_config
+    from w2s.config.presets import EMBEDDED_DEFAULT
 
     if not EMBEDDED_DEFAULT.exists():
         return PipelineConfig()

@@ -24,7 +24,7 @@ import pytest
 from flows.stages import STAGES
 from tests.conftest import REPO
 from tests.integration.servers import free_port, run_in_group, spawn, start, stop
-from w2s.config_io import load_config
+from w2s.config.loading import load_config
 from w2s.orchestration import json_parameters
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ import random
 
 import pyarrow as pa
 
-from w2s.classification.config import ClsDataConfig, HFClassificationData, ReviewTaskConfig
+from w2s.config.classification import ClsDataConfig, HFClassificationData, ReviewTaskConfig
 
 SPLITS = ("weak_train", "w2s_train", "test")
 ASPECTS = [

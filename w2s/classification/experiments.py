@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from w2s.classification.config import AuxLossConfig, HeadConfig
+from w2s.config.classification import AuxLossConfig, HeadConfig
 from w2s.classification.heads import fit_head
 from w2s.classification.metrics import accuracy, ece, pgr, weak_error_agreement
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from w2s.classification.config import FeaturesConfig
+from w2s.config.classification import FeaturesConfig
 
 
 def layer_name(layer: int | None) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from w2s.classification.config import AuxLossConfig, HeadConfig
+from w2s.config.classification import AuxLossConfig, HeadConfig
 
 
 def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

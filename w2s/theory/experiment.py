@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from w2s.theory.config import TheoryConfig
+from w2s.config.theory import TheoryConfig
 from w2s.theory.model import DTYPE, MLP, error, fit_heads, generator, ground_truth, objective, perturb, pretrain, random_mlp
 
 SAMPLES = ("pretrain", "weak", "w2s", "test")

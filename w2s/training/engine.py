@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from w2s.config import TrainConfig, TrainingEngineConfig
+from w2s.config.presets import DEEPSPEED_TEMPLATES
 from w2s.partial import PartialFiles
-
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
 
 def on_gpu() -> bool:
@@ -85,9 +84,9 @@ def precision(engine_cfg: TrainingEngineConfig) -> str:
 
 
 def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: int) -> dict:
-    path = Path(engine_cfg.deepspeed_config) if engine_cfg.deepspeed_config else REPO_CONFIGS / f"zero{engine_cfg.zero_stage}.json"
+    path = Path(engine_cfg.deepspeed_config) if engine_cfg.deepspeed_config else DEEPSPEED_TEMPLATES / f"zero{engine_cfg.zero_stage}.json"
     if not path.exists() and not path.is_absolute():
-        path = REPO_CONFIGS.parents[1] / path  # relative to the repository, wherever we run from
+        path = Path(__file__).resolve().parents[2] / path  # relative to the repository, wherever we run from
     if not path.exists():
         raise FileNotFoundError(f"DeepSpeed config {path} not found")
     ds = json.loads(path.read_text())

@@ -156,7 +156,7 @@ def student_slice(config: ClassificationConfig, **extra) -> StudentSlice:
 
 
 def load_classification_config(path=None, overrides: list[str] | None = None) -> ClassificationConfig:
-    """YAML file + `--set key=value` overrides → the validated config (w2s.config_io.load_config)."""
-    from w2s.config_io import load_config
+    """YAML file + `--set key=value` overrides → the validated config (w2s.config.loading.load_config)."""
+    from w2s.config.loading import load_config
 
     return load_config(path, overrides, schema=ClassificationConfig)

@@ -16,8 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from w2s.content import content_input
-from w2s.config_base import Fraction, PositiveInt, Section
-from w2s.config_ops import (  # noqa: F401  (re-exported: w2s.config is where sections are imported from)
+from w2s.config.base import Fraction, PositiveInt, Section
+from w2s.config.engines import (  # noqa: F401  (re-exported: w2s.config is where sections are imported from)
     EnginesConfig,
     GenerationEngineConfig,
     OffloadConfig,

@@ -31,9 +31,11 @@ class ConfigError(ValueError):
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None, schema: type[S] = PipelineConfig) -> S:
     """The one loader of every schema (EVE, classification, theory): YAML file, then `--set`
     overrides, then validation; every problem is a one-line ConfigError."""
+    from w2s.config.presets import resolve
+
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = read_yaml_mapping(path)
+        raw = read_yaml_mapping(resolve(path))
     for item in overrides or []:
         apply_override(raw, item)
     return validate_mapping(raw, source=str(path) if path else "defaults", schema=schema)

@@ -8,7 +8,7 @@ from typing import Literal
 from w2s.content import content_input
 from pydantic import Field
 
-from w2s.config_base import PositiveInt, Section
+from w2s.config.base import PositiveInt, Section
 
 
 # ----------------------------------------------------------------------------------------- engines

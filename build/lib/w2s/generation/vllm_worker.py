@@ -1,0 +1,111 @@
+"""The vLLM engine process: `python -m w2s.generation.vllm_worker IN_FD OUT_FD`.
+
+Started by `vllm_backend.VLLMEngine`, never by hand. vLLM lives in its own process because it does
+not free its memory on `del` and spawns engine-core workers that need a `__main__` guard; running
+as `-m` gives them one whatever the caller is (pytest, a Prefect worker, a notebook). Messages are
+JSON lines on two inherited pipes (stdout stays free for vLLM's own logging): `init` once, then
+`generate` any number of times, then `close` or end-of-file (the parent died: exit too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+_CACHE_METRICS = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+
+
+def _cache_counters(llm) -> dict[str, float] | None:
+    try:
+        found = {m.name: m.value for m in llm.get_metrics() if m.name in _CACHE_METRICS}
+    except Exception:  # stats disabled or an engine without the metrics API
+        return None
+    return found if len(found) == len(_CACHE_METRICS) else None
+
+
+def _generate(llm, msg: dict) -> dict:
+    from vllm import SamplingParams
+
+    params = msg["params"]
+    started = time.perf_counter()
+    before = _cache_counters(llm)
+    if msg.get("warm_prefix"):
+        # Prefill the shared few-shot prefix alone first: requests scheduled in the same step as
+        # the first one cannot hit a cache entry that is still being computed.
+        llm.generate([msg["warm_prefix"]], SamplingParams(max_tokens=1, temperature=0.0), use_tqdm=False)
+    sampling = [
+        SamplingParams(
+            n=r["n"], seed=r["seed"], temperature=params["temperature"], top_p=params["top_p"],
+            max_tokens=params["max_tokens"], stop=params["stop"] or None,
+        )
+        for r in msg["requests"]
+    ]
+    outputs = llm.generate([r["prompt"] for r in msg["requests"]], sampling, use_tqdm=False)
+    after = _cache_counters(llm)
+    results = []
+    for out in outputs:
+        samples = sorted(out.outputs, key=lambda c: c.index)
+        results.append([
+            {"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for c in samples
+        ])
+    stats: dict = {"generate_s": time.perf_counter() - started}
+    if before is not None and after is not None:
+        queries = after[_CACHE_METRICS[0]] - before[_CACHE_METRICS[0]]
+        hits = after[_CACHE_METRICS[1]] - before[_CACHE_METRICS[1]]
+        stats["prefill_computed"] = int(queries - hits)
+        stats["prefix_cache_hits"] = int(hits)
+    return {"ok": True, "results": results, "stats": stats}
+
+
+def main(in_fd: int, out_fd: int) -> int:
+    rx = os.fdopen(in_fd, "r", encoding="utf-8")
+    tx = os.fdopen(out_fd, "w", encoding="utf-8")
+
+    def send(value: dict) -> None:
+        tx.write(json.dumps(value) + "\n")
+        tx.flush()
+
+    llm = None
+    for line in rx:
+        msg = json.loads(line)
+        try:
+            if msg["op"] == "init":
+                started = time.perf_counter()
+                from vllm import LLM
+
+                llm = LLM(**msg["llm"])
+                send({"ok": True, "init_s": time.perf_counter() - started, "vllm_version": _version()})
+            elif msg["op"] == "generate":
+                send(_generate(llm, msg))
+            elif msg["op"] == "close":
+                send({"ok": True})
+                break
+            else:
+                raise ValueError(f"unknown op {msg['op']!r}")
+        except Exception as exc:
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
+            if msg.get("op") == "init":
+                return 1
+    _shutdown(llm)
+    return 0
+
+
+def _shutdown(llm) -> None:
+    # Stop the engine-core process gracefully (otherwise vLLM force-kills it at exit and warns).
+    try:
+        llm.llm_engine.engine_core.shutdown(timeout=30)
+    except Exception:
+        pass
+
+
+def _version() -> str:
+    import vllm
+
+    return getattr(vllm, "__version__", "?")
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -1,0 +1,293 @@
+"""The PGR report (paper §5 figures 3–5, §11.2 figure 9) from evaluation artifacts.
+
+Inputs are labelled evaluations: `"<policy>"`, or with the run they belong to,
+`"<policy>/seed:1"` / `"eve/seed:0/beta_over_lambda:0.5"` (characters MLflow accepts in a param key). Within one seed, `weak` and
+`strong_ceiling` anchor PGR and `reference` (the strong base) is the win-rate opponent. Over seeds,
+each number is a mean ± 95 % CI (Student t).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from w2s.evaluation import mean_ci95, pgr, win_rate
+
+WEAK, STRONG, REFERENCE = "weak", "strong_ceiling", "reference"
+
+
+@dataclass(frozen=True)
+class Label:
+    policy: str
+    seed: int = 0
+    beta_over_lambda: float | None = None
+    k: int | None = None
+
+    @property
+    def swept(self) -> tuple[str, float] | None:
+        if self.beta_over_lambda is not None:
+            return "beta_over_lambda", self.beta_over_lambda
+        return ("k", float(self.k)) if self.k is not None else None
+
+    @classmethod
+    def parse(cls, text: str) -> Label:
+        policy, *pairs = text.split("/")
+        fields: dict = {}
+        for pair in pairs:
+            key, _, value = pair.partition(":")
+            if key == "seed":
+                fields["seed"] = int(value)
+            elif key == "beta_over_lambda":
+                fields["beta_over_lambda"] = float(value)
+            elif key == "k":
+                fields["k"] = int(value)
+            else:
+                raise ValueError(f"unknown field {key!r} in evaluation label {text!r}")
+        return cls(policy, **fields)
+
+    def __str__(self) -> str:
+        swept = self.swept
+        extra = "" if swept is None else f"/{swept[0]}:{swept[1]:g}"
+        return f"{self.policy}/seed:{self.seed}{extra}"
+
+
+@dataclass
+class PolicyResult:
+    """One policy over seeds: per-seed values of each metric, final and per checkpoint fraction."""
+
+    p: list[float] = field(default_factory=list)
+    pgr: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # the seed of each entry of p, pgr and win
+    win: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    curve: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))  # fraction → PGR per seed
+    kl_win: list[tuple[float, float, float]] = field(default_factory=list)  # (fraction, KL, win-rate) per checkpoint
+
+
+@dataclass
+class Report:
+    policies: dict[str, PolicyResult]
+    sweeps: dict[str, dict[float, list[float]]]  # "beta_over_lambda" | "k" → value → PGR per seed
+    warnings: list[str]
+
+    def table_rows(self) -> list[dict[str, str]]:
+        return [{"policy": name, "P(π)": str(mean_ci95(r.p)), "PGR": str(mean_ci95(r.pgr)), "win-rate": str(mean_ci95(r.win)),
+                 "KL(π‖π_ref)": str(mean_ci95(r.kl)), "seeds": str(len(r.p))} for name, r in self.ordered()]
+
+    def per_seed(self) -> dict[str, dict[int, dict[str, float]]]:
+        """policy → seed → P, PGR and win-rate: what the mean ± CI rows summarise."""
+        return {name: {seed: {"P": p, "PGR": g, "win-rate": w} for seed, p, g, w in zip(r.seeds, r.p, r.pgr, r.win)}
+                for name, r in self.ordered()}
+
+    def paired_rows(self, method: str = "eve") -> list[dict[str, str]]:
+        """`method` minus each other method in PGR, paired by seed: the seeds share test prompts and
+        anchors, so the per-seed difference is far less noisy than comparing two unpaired CIs."""
+        if method not in self.policies:
+            return []
+        pgr_by_seed = {name: dict(zip(r.seeds, r.pgr)) for name, r in self.ordered()}
+        ours, rows = pgr_by_seed[method], []
+        for name, theirs in pgr_by_seed.items():
+            seeds = sorted(set(ours) & set(theirs))
+            if name in (method, WEAK, STRONG) or not seeds:
+                continue
+            differences = [ours[s] - theirs[s] for s in seeds]
+            rows.append({"baseline": name, f"PGR({method}) − PGR(baseline)": str(mean_ci95(differences)),
+                         f"seeds {method} is ahead": f"{sum(d > 0 for d in differences)}/{len(seeds)}"})
+        return rows
+
+    def ordered(self) -> list[tuple[str, PolicyResult]]:
+        """The anchors first (weak, reference, ceiling), then the methods in name order."""
+        rank = {WEAK: 0, REFERENCE: 1, STRONG: 2}
+        return sorted(self.policies.items(), key=lambda item: (rank.get(item[0], 3), item[0]))
+
+
+def _rows_at(table: pa.Table, column: str, value) -> pa.Table:
+    return table.filter(pa.compute.equal(table[column], value))
+
+
+def _rewards(rows: pa.Table) -> dict[str, float]:
+    """prompt_id → gold reward of one checkpoint's answers."""
+    return dict(zip(rows["prompt_id"].to_pylist(), rows["gold_reward"].to_pylist()))
+
+
+def _mean(rewards: dict[str, float]) -> float:
+    return float(np.mean(list(rewards.values())))
+
+
+def _paired_win(policy: dict[str, float], reference: dict[str, float]) -> float:
+    ids = sorted(set(policy) & set(reference))
+    return win_rate([policy[i] for i in ids], [reference[i] for i in ids])
+
+
+def build_report(evaluations: dict[str, pa.Table]) -> Report:
+    """`evaluations`: label → the `samples.parquet` of an evaluate stage."""
+    labelled = {Label.parse(text): table for text, table in evaluations.items()}
+    anchors: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)  # seed → anchor policy → rewards
+    for label, table in labelled.items():
+        if label.policy in (WEAK, STRONG, REFERENCE) and label.swept is None:
+            anchors[label.seed][label.policy] = _rewards(_rows_at(table, "checkpoint", "final"))
+    policies: dict[str, PolicyResult] = {}
+    sweeps: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    warnings: list[str] = []
+    for seed, found in sorted(anchors.items()):
+        missing = {WEAK, STRONG} - set(found)
+        if missing:
+            warnings.append(f"seed {seed}: no {', '.join(sorted(missing))} evaluation, so no PGR")
+        elif _mean(found[STRONG]) <= _mean(found[WEAK]):
+            warnings.append(f"seed {seed}: the strong ceiling does not beat the weak teacher; PGR is undefined or inverted")
+    for label, table in sorted(labelled.items(), key=lambda item: str(item[0])):
+        anchor = anchors.get(label.seed, {})
+        p_weak = _mean(anchor[WEAK]) if WEAK in anchor else math.nan
+        p_strong = _mean(anchor[STRONG]) if STRONG in anchor else math.nan
+        final_rows = _rows_at(table, "checkpoint", "final")
+        final = _rewards(final_rows)
+        value = pgr(_mean(final), p_weak, p_strong)
+        if label.swept is not None:
+            name, point = label.swept
+            sweeps[name][point].append(value)
+            continue
+        result = policies.setdefault(label.policy, PolicyResult())
+        result.p.append(_mean(final))
+        result.pgr.append(value)
+        result.seeds.append(label.seed)
+        reference = anchor.get(REFERENCE)
+        result.win.append(_paired_win(final, reference) if reference else math.nan)
+        if "k3" in table.column_names:
+            result.kl.append(float(np.mean(final_rows["k3"].to_numpy())))
+        for fraction in sorted(set(table["fraction"].to_pylist())):
+            rows = _rows_at(table, "fraction", fraction)
+            rewards = _rewards(rows)
+            result.curve[fraction].append(pgr(_mean(rewards), p_weak, p_strong))
+            if "k3" in rows.column_names and reference:
+                result.kl_win.append((fraction, float(np.mean(rows["k3"].to_numpy())), _paired_win(rewards, reference)))
+    return Report(policies, {name: dict(points) for name, points in sweeps.items()}, warnings)
+
+
+# ------------------------------------------------------------------------------------------ plots
+def plot_report(report: Report, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name: str) -> None:
+        path = folder / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    names = [n for n in report.policies if n not in (WEAK, STRONG, REFERENCE)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    stats = [mean_ci95(report.policies[n].pgr) for n in names]
+    ax.bar(names, [100 * s.mean for s in stats], yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats], capsize=4)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("PGR (%)")
+    ax.set_title("PGR by method (fig. 4)")
+    ax.tick_params(axis="x", rotation=20)
+    save(fig, "pgr_bars.png")
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in names:
+        curve = report.policies[name].curve
+        if len(curve) > 1:
+            xs = sorted(curve)
+            ax.plot([100 * x for x in xs], [100 * mean_ci95(curve[x]).mean for x in xs], marker="o", label=name)
+    ax.set_xlabel("training progress (% of the run)")
+    ax.set_ylabel("PGR (%)")
+    ax.set_title("PGR over training (fig. 3)")
+    ax.legend(fontsize=8)
+    save(fig, "pgr_over_training.png")
+
+    for name, sweep in report.sweeps.items():
+        symbol = "β/λ" if name == "beta_over_lambda" else "K"
+        finite = sorted(v for v in sweep if math.isfinite(v))
+        keys = finite + ([math.inf] if math.inf in sweep else [])
+        xs = finite + ([max(finite or [1.0]) * 10] if math.inf in sweep else [])  # ∞ drawn one decade right
+        stats = [mean_ci95(sweep[k]) for k in keys]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.errorbar(xs, [100 * s.mean for s in stats], yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats],
+                    marker="o", capsize=4)
+        ax.set_xscale("log")
+        ax.set_xticks(xs, [("∞" if math.isinf(k) else f"{k:g}") for k in keys])
+        ax.set_xlabel(symbol)
+        ax.set_ylabel("PGR (%)")
+        ax.set_title(f"EVE's PGR vs {symbol} (fig. {5 if name == 'beta_over_lambda' else 6})")
+        save(fig, f"pgr_vs_{name}.png")
+
+    points = {n: r.kl_win for n, r in report.policies.items() if r.kl_win}
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, rows in points.items():
+            ax.scatter([kl for _, kl, _ in rows], [100 * w for _, _, w in rows], label=name)
+        ax.set_xlabel("KL(π‖π_ref_strong), k3 estimate")
+        ax.set_ylabel("win-rate vs π_ref_strong (%)")
+        ax.set_title("Win-rate vs KL over checkpoints (fig. 9)")
+        ax.legend(fontsize=8)
+        save(fig, "winrate_vs_kl.png")
+    return written
+
+
+# ----------------------------------------------------------------------------------------- render
+def render_markdown(report: Report, images: list[Path], title: str, sections: tuple[list[str], ...] = ()) -> str:
+    """`sections`: further Markdown blocks (lines) placed after the tables, before the warnings."""
+    lines = [f"# {title}", "", "PGR = (P(π) − P(π_weak)) / (P(π_strong) − P(π_weak)) on the gold reward (§9.5); "
+             "win-rate against the strong base π_ref_strong (ties ½); KL by the k3 estimator (§9.3). "
+             "Mean ± 95 % CI over seeds.", "", *_markdown_table(report.table_rows(), empty_header=["policy"])]
+    paired = report.paired_rows()
+    if paired:
+        lines += ["", "**EVE against each baseline, paired by seed** (mean ± 95 % CI of the per-seed difference)", "",
+                  *_markdown_table(paired)]
+    for name, sweep in report.sweeps.items():
+        lines += ["", f"| EVE, {'β/λ' if name == 'beta_over_lambda' else 'K'} | PGR |", "|---|---|"]
+        lines += [f"| {'∞' if math.isinf(k) else f'{k:g}'} | {mean_ci95(v)} |" for k, v in sorted(sweep.items())]
+    for section in sections:
+        lines += ["", *section]
+    if report.warnings:
+        lines += ["", "**Warnings**", ""] + [f"- {w}" for w in report.warnings]
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(rows: list[dict[str, str]], empty_header: list[str] | None = None) -> list[str]:
+    header = list(rows[0]) if rows else (empty_header or [])
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(row[h] for h in header) + " |" for row in rows])
+
+
+def render_html(markdown_text: str, images: list[Path]) -> str:
+    """A self-contained page (images inlined), so it can be mailed or opened from MLflow."""
+    body, in_table = [], False
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= {"-"}:
+                continue
+            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            continue
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    for path in images:
+        data = base64.b64encode(path.read_bytes()).decode()
+        body.append(f'<figure><img alt="{path.stem}" src="data:image/png;base64,{data}"><figcaption>{path.stem}</figcaption></figure>')
+    style = "body{font-family:sans-serif;max-width:60em;margin:auto}td{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>w2s report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -1,0 +1,181 @@
+"""MLflow tracking: one parent run per flow run, one nested run per stage.
+
+Runs are created with an explicit MlflowClient (no global active-run stack), so stages in worker
+threads or other processes attach to the right parent by id. The default backend is
+`sqlite:///<artifact_root>/mlflow.db` with artifacts under `<artifact_root>/mlflow-artifacts`;
+without that explicit location MLflow would write ./mlruns into the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from w2s.artifacts import ArtifactRef, local_path_of
+
+TAG_STAGE = "w2s.stage"
+TAG_CACHE = "w2s.cache"
+TAG_KEY = "w2s.key"
+TAG_FLOW_RUN = "prefect.flow_run_id"
+TAG_FLOW_URL = "prefect.flow_run_url"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+class RunContext(BaseModel):
+    """Where a flow run keeps things; passed to every stage (not part of any cache key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    artifact_root: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str | None = None
+    flow_run_id: str | None = None
+    flow_run_url: str | None = None
+
+
+_initialised: set[str] = set()
+
+
+def _client(tracking_uri: str):
+    """An MlflowClient; a sqlite database is created/migrated by one process at a time (two runs
+    starting together on a fresh root would otherwise both migrate it and leave it half-done)."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///") and tracking_uri not in _initialised:
+        from w2s.locks import exclusive
+
+        db = Path(tracking_uri[len("sqlite:///"):])
+        with exclusive(db.with_name(f".{db.name}.init.lock")):
+            client = MlflowClient(tracking_uri=tracking_uri)  # builds the store: creates or migrates the schema
+            client.search_experiments(max_results=1)
+        _initialised.add(tracking_uri)
+        return client
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(ctx: RunContext) -> str:
+    client = _client(ctx.tracking_uri)
+    found = client.get_experiment_by_name(ctx.experiment)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_location(ctx)
+    try:
+        return client.create_experiment(ctx.experiment, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(ctx.experiment).experiment_id
+
+
+# artifact-root schemes MLflow can store artifacts under itself
+MLFLOW_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
+
+
+def artifact_location(ctx: RunContext) -> str | None:
+    """Where the experiment's MLflow artifacts go: beside the stage artifacts when MLflow can write
+    there, else beside a local sqlite backend; never MLflow's default ./mlruns in the working dir."""
+    local = local_path_of(ctx.artifact_root)
+    if local is not None:
+        return (local.absolute() / "mlflow-artifacts").as_uri()
+    if ctx.artifact_root.split("://", 1)[0] in MLFLOW_SCHEMES:
+        return f"{ctx.artifact_root.rstrip('/')}/mlflow-artifacts"
+    if ctx.tracking_uri.startswith("sqlite:///"):
+        return (Path(ctx.tracking_uri[len("sqlite:///"):]).absolute().parent / "mlflow-artifacts").as_uri()
+    return None
+
+
+def start_flow_run(ctx: RunContext, flow_name: str, params: Mapping[str, Any], tags: Mapping[str, str] = {}) -> RunContext:
+    client = _client(ctx.tracking_uri)
+    run_tags = {"w2s.flow": flow_name, **dict(tags)}
+    if ctx.flow_run_id:
+        run_tags[TAG_FLOW_RUN] = ctx.flow_run_id
+    if ctx.flow_run_url:
+        run_tags[TAG_FLOW_URL] = ctx.flow_run_url
+    run = client.create_run(experiment_id(ctx), tags=run_tags, run_name=f"{flow_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _log_params(client, run.info.run_id, params)
+    return ctx.model_copy(update={"parent_run_id": run.info.run_id})
+
+
+def end_flow_run(ctx: RunContext, status: str = "FINISHED") -> None:
+    if ctx.parent_run_id:
+        _client(ctx.tracking_uri).set_terminated(ctx.parent_run_id, status=status)
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in flatten(params).items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+class StageRun:
+    """A nested MLflow run for one stage; what the stage body logs goes here."""
+
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / name
+            target.write_text(text)
+            self.log_artifact(target)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+
+@contextmanager
+def stage_run(ctx: RunContext, stage: str, key: str, params: Mapping[str, Any], cache: str) -> Iterator[StageRun]:
+    """Opens a nested run under the flow's parent run; marks it FAILED if the body raises."""
+    client = _client(ctx.tracking_uri)
+    tags = {TAG_STAGE: stage, TAG_CACHE: cache, TAG_KEY: key}
+    if ctx.parent_run_id:
+        tags[TAG_PARENT] = ctx.parent_run_id
+    if ctx.flow_run_id:
+        tags[TAG_FLOW_RUN] = ctx.flow_run_id
+    run = client.create_run(experiment_id(ctx), tags=tags, run_name=stage)
+    _log_params(client, run.info.run_id, params)
+    handle = StageRun(client, run.info.run_id)
+    try:
+        yield handle
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+def log_artifact_summary(run: StageRun, ref: ArtifactRef, manifest_path: Path | None, metrics: Mapping[str, float]) -> None:
+    run.set_tags({"w2s.uri": ref.uri, "w2s.digest": ref.digest})
+    if metrics:
+        run.log_metrics(metrics)
+    if manifest_path is not None and manifest_path.exists():
+        run.log_artifact(manifest_path)

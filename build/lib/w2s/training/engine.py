@@ -1,0 +1,314 @@
+"""DeepSpeed plumbing: process environment, the ZeRO config, the engine, HF export, resume state.
+
+The ZeRO JSONs in configs/deepspeed/ hold only what is ZeRO-specific (stage, buckets, overlap);
+everything the run determines (batch sizes, accumulation, optimiser, clipping, precision) is filled
+in here from TrainConfig so the two can never disagree. Traps from DESIGN.md handled here:
+DS_ACCELERATOR must be set before deepspeed is first imported; one CPU process still needs
+RANK/WORLD_SIZE/MASTER_* for the gloo group; `torch_adam` avoids a 90 s cpu_adam JIT build; the shm
+op DeepSpeed JIT-builds on first use is cached under TORCH_EXTENSIONS_DIR (default below).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+import torch
+
+from w2s.config import TrainConfig, TrainingEngineConfig
+from w2s.config.presets import DEEPSPEED_TEMPLATES
+from w2s.partial import PartialFiles
+
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SINGLE_PROCESS_MARK = "W2S_SINGLE_PROCESS_PID"
+
+
+def setup_environment() -> None:
+    """Single-process defaults; the `deepspeed` launcher sets these itself for multi-GPU runs."""
+    if not on_gpu():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "w2s" / "torch_extensions"))
+    # Defaults a parent process set for *itself* (e.g. pytest training in-process, then running the
+    # CLI as a child) are inherited but wrong here: its port is taken. The marker tells them apart
+    # from a real launcher's environment.
+    if not in_launcher() and os.environ.get(SINGLE_PROCESS_MARK) != str(os.getpid()):
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ[SINGLE_PROCESS_MARK] = str(os.getpid())
+        # a port of our own: another process (a test's subprocess, a colleague) may hold a fixed one
+        if not torch.distributed.is_initialized():
+            os.environ["MASTER_PORT"] = str(_free_port())
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+LAUNCHED_MARK = "W2S_LAUNCHED_RANK"  # set by w2s/training/launcher.py for the ranks it starts
+
+
+def in_launcher() -> bool:
+    """True in a rank a launcher started: ours (marked), or another one (torchrun, a cluster's)
+    that set LOCAL_RANK itself. False in a process whose LOCAL_RANK are single-process defaults,
+    its own or inherited from a parent that trained (they carry SINGLE_PROCESS_MARK)."""
+    if os.environ.get(LAUNCHED_MARK) == "1":
+        return True
+    return "LOCAL_RANK" in os.environ and SINGLE_PROCESS_MARK not in os.environ
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def precision(engine_cfg: TrainingEngineConfig) -> str:
+    if engine_cfg.precision != "auto":
+        return engine_cfg.precision
+    return "bf16" if on_gpu() else "fp32"
+
+
+def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: int) -> dict:
+    path = Path(engine_cfg.deepspeed_config) if engine_cfg.deepspeed_config else DEEPSPEED_TEMPLATES / f"zero{engine_cfg.zero_stage}.json"
+    if not path.exists() and not path.is_absolute():
+        path = Path(__file__).resolve().parents[2] / path  # relative to the repository, wherever we run from
+    if not path.exists():
+        raise FileNotFoundError(f"DeepSpeed config {path} not found")
+    ds = json.loads(path.read_text())
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage != engine_cfg.zero_stage:
+        raise ValueError(f"{path} has ZeRO stage {stage} but engines.training.zero_stage is {engine_cfg.zero_stage}")
+    per_step = cfg.micro_batch_size * world
+    if cfg.batch_size % per_step:
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size × world_size = {per_step}")
+    ds.update(
+        train_batch_size=cfg.batch_size,
+        train_micro_batch_size_per_gpu=cfg.micro_batch_size,
+        gradient_accumulation_steps=cfg.batch_size // per_step,
+        gradient_clipping=cfg.grad_clip,
+        optimizer={
+            "type": "AdamW",
+            # torch's AdamW: no JIT build on CPU; on GPU its foreach kernels are close to FusedAdam.
+            # foreach is torch's default on GPU only; on CPU it makes the step ~2x faster too
+            "params": {"lr": cfg.learning_rate, "betas": [0.9, 0.999], "eps": 1e-8,
+                       "weight_decay": cfg.weight_decay, "torch_adam": True, "foreach": True},
+        },
+    )
+    bf16 = precision(engine_cfg) == "bf16"
+    ds["bf16"] = {"enabled": bf16}
+    ds["fp16"] = {"enabled": False}
+    if trainer_clips(ds):
+        # DeepSpeed clips plain fp32 ZeRO-0 gradients but drops the norm it computed; the trainer
+        # clips instead (same torch call, same cost) so grad_norm can be logged
+        ds["gradient_clipping"] = 0.0
+    return ds
+
+
+def trainer_clips(ds: dict) -> bool:
+    return ds["zero_optimization"].get("stage", 0) == 0 and not ds["bf16"]["enabled"]
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warmup to the peak over `warmup_steps`, then cosine to 0 at `total_steps` (or constant)."""
+    warmup = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def prepare_model(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig):
+    """Gradient checkpointing and LoRA before DeepSpeed wraps the model."""
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        if engine_cfg.zero_stage == 3:
+            raise ValueError("LoRA with ZeRO-3 is not supported (export merges adapters); use zero_stage <= 2")
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    return model
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms and biases are not decayed."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for _, p in trainable if p.ndim >= 2]
+    rest = [p for _, p in trainable if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
+def initialize(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig, total_steps: int):
+    """(engine, ds_config). The LR schedule is a torch LambdaLR so DeepSpeed checkpoints it."""
+    setup_environment()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
+    ds = deepspeed_config(cfg, engine_cfg, world_size())
+    # the optimiser must exist for the scheduler, so DeepSpeed builds it and we attach the schedule
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps)),
+    )
+    if world_size() == 1 and engine.zero_optimization_stage() == 0:
+        # one process has nothing to reduce, yet DeepSpeed would flatten every gradient into
+        # buckets, "all-reduce" them with itself and copy them back each step (~10 % on CPU)
+        engine.enable_backward_allreduce = False
+    return engine, ds
+
+
+# ------------------------------------------------------------------------------------ HF export
+def _replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir: Path) -> None:
+    """The current weights as an HF folder (safetensors + tokenizer), renamed into place when whole.
+
+    ZeRO-3 gathers the partitioned weights layer by layer (every rank must call this); LoRA
+    adapters are merged into a fresh copy of the base model so downstream stages load a plain model.
+    """
+    zero3 = engine.zero_optimization_stage() == 3
+    state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+    if rank() != 0:
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}.{uuid.uuid4().hex[:8]}")
+    module = engine.module
+    if cfg.lora.enabled:
+        from peft import get_peft_model
+
+        from w2s.models.build import load_pretrained
+
+        base, _ = load_pretrained(base_model_dir, dtype=next(module.parameters()).dtype)
+        fresh = get_peft_model(base, module.peft_config["default"])
+        fresh.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
+        fresh.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+    else:
+        if state is None:
+            state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    _replace_dir(tmp, folder)
+
+
+# ---------------------------------------------------------------------------------- resume state
+RESUME_POINTER = "resume.json"
+RNG_FILE = "trainer_rng.safetensors"
+
+
+def rank0_decides(decide) -> bool:
+    """`decide()` on rank 0 (it may discard files), its answer on every rank."""
+    answer = [bool(decide()) if rank() == 0 else None]
+    if world_size() > 1:
+        torch.distributed.broadcast_object_list(answer, src=0)
+    return bool(answer[0])
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def save_resume(engine, resume_dir: Path, step: int, meta: dict, pieces: PartialFiles) -> None:
+    """DeepSpeed checkpoint + our RNG state, sealed; then (atomically, sealed) the pointer naming
+    them. A kill at any moment leaves the pointer naming a complete, sealed checkpoint; older
+    checkpoints are discarded only after the pointer moved on."""
+    from safetensors.torch import save_file
+
+    from w2s.artifacts import atomic_write_bytes
+
+    tag = f"step-{step:07d}"
+    engine.save_checkpoint(str(resume_dir), tag=tag, save_latest=False)
+    _barrier()  # every rank's shards are written before rank 0 seals the folder
+    if rank() == 0:
+        rng = {"torch": torch.get_rng_state()}
+        if on_gpu():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        tmp = resume_dir / tag / f".tmp-{RNG_FILE}"
+        save_file(rng, str(tmp))
+        os.replace(tmp, resume_dir / tag / RNG_FILE)
+        pieces.seal(resume_dir / tag)
+        atomic_write_bytes(resume_dir / RESUME_POINTER, json.dumps({"tag": tag, "step": step, **meta}).encode())
+        pieces.seal(resume_dir / RESUME_POINTER)
+        for old in resume_dir.glob("step-*"):
+            if old.name != tag:
+                pieces.discard(old)
+    _barrier()
+
+
+def _verified_pointer(resume_dir: Path, pieces: PartialFiles) -> bool:
+    if not pieces.reuse(resume_dir / RESUME_POINTER):
+        return False
+    try:
+        tag = json.loads((resume_dir / RESUME_POINTER).read_text())["tag"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(tag, str) and re.fullmatch(r"step-\d{7}", tag) is not None and pieces.reuse(resume_dir / tag)
+
+
+def read_resume(resume_dir: Path, pieces: PartialFiles) -> dict | None:
+    """The pointer of a resume state whose every file matches its seal; damaged, replaced or
+    unsealed state is discarded (logged) and None returned, so training starts over."""
+    def check() -> bool:
+        if not (resume_dir.exists() or pieces.seal_path(resume_dir / RESUME_POINTER).exists()) and pieces.mirror is None:
+            return False
+        if _verified_pointer(resume_dir, pieces):
+            return True
+        if resume_dir.exists():
+            logging.getLogger(__name__).warning("%s does not match its seals: discarded, training starts over", resume_dir)
+        discard_resume(resume_dir, pieces)
+        return False
+
+    if not rank0_decides(check):
+        return None
+    return json.loads((resume_dir / RESUME_POINTER).read_text())
+
+
+def discard_resume(resume_dir: Path, pieces: PartialFiles) -> None:
+    if rank() == 0:
+        pieces.discard(resume_dir)
+
+
+def load_resume(engine, resume_dir: Path, pointer: dict) -> None:
+    """Loads state `read_resume` verified (DeepSpeed unpickles it: never call it on unverified files)."""
+    from safetensors.torch import load_file
+
+    path, _ = engine.load_checkpoint(str(resume_dir), tag=pointer["tag"])
+    if path is None:
+        raise RuntimeError(f"could not load DeepSpeed checkpoint {resume_dir / pointer['tag']}")
+    rng = load_file(str(resume_dir / pointer["tag"] / RNG_FILE))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and on_gpu():
+        torch.cuda.set_rng_state(rng["cuda"])

@@ -1,0 +1,64 @@
+"""Several ranks: `train` re-runs itself under the `deepspeed` launcher (one process per rank).
+
+The parent writes the call as JSON (configs, paths, the MLflow run id), runs
+`<this python> -m deepspeed.launcher.runner --num_gpus N --master_port P --module
+w2s.training.rank <spec>` (the launcher of the environment running w2s, not whatever `deepspeed`
+is on PATH) and waits; each rank (w2s/training/rank.py) calls `train` with LOCAL_RANK set by the
+launcher, and rank 0 writes `train_result.json`, which the parent returns. A Table given as ref_logps is written to Parquet for the children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from w2s.config import TrainConfig, TrainingEngineConfig
+
+
+
+def _config_class(dotted: str) -> type[TrainConfig]:
+    """The stage's own TrainConfig subclass (any section: naive_sft, dpo_weak_reward, ...)."""
+    import importlib
+
+    module, _, name = dotted.partition(":")
+    if not module.startswith("w2s."):
+        raise ValueError(f"launch spec names config class {dotted!r} outside the w2s package")
+    found = getattr(importlib.import_module(module), name, None)
+    if not (isinstance(found, type) and issubclass(found, TrainConfig)):
+        raise ValueError(f"launch spec: {dotted!r} is not a TrainConfig")
+    return found
+
+
+
+def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
+    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK, _free_port
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if ref_logps is not None and not isinstance(ref_logps, (str, Path)):
+        import pyarrow.parquet as pq
+
+        pq.write_table(ref_logps, out / "ref_logps.input.parquet")
+        ref_logps = out / "ref_logps.input.parquet"
+    spec = {
+        "config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}", "config": json.loads(cfg.model_dump_json()),
+        "engine": json.loads(engine.model_dump_json()), "objective": objective, "model_dir": str(model_dir),
+        "data_files": [str(f) for f in data_files], "out_dir": str(out), "seed": seed,
+        "ref_logps": str(ref_logps) if ref_logps else None, "resume_dir": str(resume_dir) if resume_dir else None,
+        "mlflow": [run.client.tracking_uri, run.run_id] if run is not None else None,
+    }
+    spec_path = out / "launch_spec.json"
+    spec_path.write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
+               "--module", "w2s.training.rank", str(spec_path)]
+    # the single-process defaults this process may have set for itself must not reach the ranks
+    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
+    env = {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
+    completed = subprocess.run(command, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
+    spec_path.unlink(missing_ok=True)
+    return json.loads((out / "train_result.json").read_text())  # TrainResult.to_json() of rank 0
