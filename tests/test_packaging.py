@@ -4,6 +4,7 @@ default with no checkout in sight."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,7 +22,10 @@ print(load_config("tiny").models.strong.source, embedded_default().run.experimen
 
 
 def test_a_wheel_ships_the_configs_and_an_installed_w2s_finds_them(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO), "-w", str(tmp_path / "wheel")],
+    # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(".git", ".venv", "artifacts", "build", "mlruns", "__pycache__", ".w2s"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source), "-w", str(tmp_path / "wheel")],
                    check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "wheel").glob("w2s-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
