@@ -38,8 +38,11 @@ class EvaluateSlice(BaseModel):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> EvaluateSlice:
+        from w2s.precision import resolve
+
         engine = pinned_backend(config.engines.generation)
-        return cls(evaluation=config.evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
+        evaluation = config.evaluation.model_copy(update={"score_precision": resolve(config.evaluation.score_precision)})
+        return cls(evaluation=evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
 
 
 def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermediate: bool) -> list[dict]:
@@ -84,8 +87,9 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
                 batch = cfg.evaluation.score_batch_tokens
-                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{writer.stage} {point['name']}"))
-                logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)"))
+                precision = cfg.evaluation.score_precision
+                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{writer.stage} {point['name']}", precision))
+                logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)", precision))
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))

@@ -19,6 +19,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
+from w2s.precision import torch_dtype
 from w2s.scoring import score_groups, tokenise_group
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
@@ -53,12 +54,13 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
             .append_column("truncated", pa.array(truncated, pa.bool_())))
 
 
-@stage(version=2, reads=lambda config: config.scoring)  # 2: EOS scored for completions that stopped
+@stage(version=2, reads=lambda config: config.scoring.resolved())  # 2: EOS scored for completions that stopped
 def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
-        weak_model, tokenizer = load_pretrained(model_dir(weak, store))
-        ref_model, _ = load_pretrained(model_dir(weak_ref, store))
+        dtype = torch_dtype(cfg.precision)
+        weak_model, tokenizer = load_pretrained(model_dir(weak, store), dtype=dtype)
+        ref_model, _ = load_pretrained(model_dir(weak_ref, store), dtype=dtype)
         models = [weak_model.eval(), ref_model.eval()]
         max_length = cfg.max_length or weak_model.config.max_position_embeddings
         shards = shard_paths(samples, store)

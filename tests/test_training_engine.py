@@ -61,11 +61,12 @@ def test_sft_equals_weighted_mle_with_unit_weights(tmp_path, tiny_char_model_dir
 
 
 def test_gradient_accumulation_and_zero_stages_agree(tmp_path, tiny_char_model_dir):
-    """One micro-batch on ZeRO-0 (no gradient reduction at all) vs 4 accumulated ones on ZeRO-2."""
+    """One micro-batch on ZeRO-0 (no gradient reduction at all) vs 4 accumulated ones on ZeRO-2
+    (fp32: the property is the arithmetic of accumulation, which bf16 rounding would blur)."""
     data = write_completions(tmp_path / "d.parquet", weights=[1, 2, 0.5, 1, 1, 0, 1.5, 1])
     for micro, zero in ((8, 0), (2, 2)):
         cfg = StudentConfig(max_steps=2, **{**FAST, "micro_batch_size": micro})
-        train(cfg, TrainingEngineConfig(zero_stage=zero), "weighted_mle", tiny_char_model_dir, [data], tmp_path / f"m{micro}")
+        train(cfg, TrainingEngineConfig(zero_stage=zero, precision="fp32"), "weighted_mle", tiny_char_model_dir, [data], tmp_path / f"m{micro}")
     a, b = load_weights(tmp_path / "m8" / "model"), load_weights(tmp_path / "m2" / "model")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
@@ -109,3 +110,24 @@ def test_bad_data_fails_before_deepspeed_starts(tmp_path, tiny_char_model_dir):
     with pytest.raises(DataError, match=r"d\.parquet: row 2: weight is nan"):
         train(StudentConfig(**FAST), TrainingEngineConfig(), "weighted_mle", tiny_char_model_dir, [data], tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("zero", [0, 2])
+def test_bf16_training_exports_the_fp32_master_weights_and_tracks_fp32(tmp_path, tiny_char_model_dir, zero):
+    """At a fine-tuning lr, updates are far below bf16's resolution: the exported model must be the
+    fp32 master (every parameter moved, stored as fp32), and the run must follow the fp32 one."""
+    data = write_completions(tmp_path / "d.parquet", weights=[1, 2, 0.5, 1, 1, 0, 1.5, 1])
+    cfg = StudentConfig(max_steps=3, **{**FAST, "learning_rate": 1e-5})
+    runs = {p: train(cfg, TrainingEngineConfig(zero_stage=zero, precision=p), "weighted_mle", tiny_char_model_dir, [data], tmp_path / p)
+            for p in ("fp32", "bf16")}
+    before = _initial(tiny_char_model_dir)
+    exported = load_weights(tmp_path / "bf16" / "model")
+    assert all(t.dtype == torch.float32 for t in exported.values())
+    _assert_all_changed(before, exported)
+    reference = load_weights(tmp_path / "fp32" / "model")
+    for name in before:  # bf16 moves each weight about as far as fp32 does (Adam: ~lr per step)
+        moved_fp32 = (reference[name] - before[name]).abs().mean()
+        moved_bf16 = (exported[name] - before[name]).abs().mean()
+        assert 0.5 * moved_fp32 < moved_bf16 < 2 * moved_fp32, (name, moved_fp32, moved_bf16)
+    losses = [[h["loss"] for h in runs[p].history] for p in ("fp32", "bf16")]
+    assert losses[1] == pytest.approx(losses[0], rel=0.02)

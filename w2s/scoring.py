@@ -207,15 +207,16 @@ def score_one(model, tokenizer, prompt: str, completion: str, max_length: int, e
 
 
 def score_rows(model_dir, prompts: list[str], completions: list[str], ended: list[bool], batch_tokens: int = 4096,
-               label: str = "") -> list[float]:
+               label: str = "", precision: str = "fp32") -> list[float]:
     """log π(y|x) of independent (x, y) rows under the model folder `model_dir` (its own tokenizer,
     the boundary and EOS rules above), batched like the scoring stage: each row is a group of one.
     Evaluation (KL) and the strong-as-evaluator baseline use it."""
     from tqdm.auto import tqdm
 
     from w2s.models.build import load_pretrained
+    from w2s.precision import torch_dtype
 
-    model, tokenizer = load_pretrained(model_dir)
+    model, tokenizer = load_pretrained(model_dir, dtype=torch_dtype(precision))
     model.eval()
     max_length = model.config.max_position_embeddings
     groups = [tokenise_group(tokenizer, p, [c], max_length, [e]) for p, c, e in zip(prompts, completions, ended)]

@@ -32,7 +32,11 @@ class TrainingSlice(BaseModel):
 
 
 def training_slice(section: TrainConfig, config) -> TrainingSlice:
-    return TrainingSlice(train=section, engine=config.engines.training, seed=config.run.seed)
+    """The precision is resolved here, so the key says which format trained the model."""
+    from w2s.precision import resolve
+
+    engine = config.engines.training
+    return TrainingSlice(train=section, engine=engine.model_copy(update={"precision": resolve(engine.precision)}), seed=config.run.seed)
 
 
 def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objective: str, base_model: Path,

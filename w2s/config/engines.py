@@ -33,7 +33,9 @@ class TrainingEngineConfig(Section):
     zero_stage: int = Field(0, ge=0, le=3)
     deepspeed_config: str | None = content_input(None, description="A ZeRO JSON (keyed by content); default configs/deepspeed/zero<stage>.json.")
     world_size: PositiveInt = 1
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 on a GPU or a CPU with AMX/AVX512-BF16, else fp32 (master weights, optimiser "
+        "state and the loss stay fp32); resolved before the stage key (w2s/precision.py).")
     resume_every_steps: PositiveInt = Field(
         50, description="Save a DeepSpeed checkpoint (weights, optimiser, RNG) for resume every N steps."
     )

@@ -78,9 +78,9 @@ def world_size() -> int:
 
 
 def precision(engine_cfg: TrainingEngineConfig) -> str:
-    if engine_cfg.precision != "auto":
-        return engine_cfg.precision
-    return "bf16" if on_gpu() else "fp32"
+    from w2s.precision import resolve
+
+    return resolve(engine_cfg.precision)
 
 
 def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: int) -> dict:
@@ -201,6 +201,8 @@ def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir:
     """
     zero3 = engine.zero_optimization_stage() == 3
     state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
+    if state is None and not cfg.lora.enabled:
+        state = master_state(engine)
     if rank() != 0:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +223,45 @@ def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir:
         module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, folder)
+
+
+def master_state(engine) -> dict[str, torch.Tensor] | None:
+    """In bf16 training, the fp32 master weights the optimiser updated, in state-dict form; None in
+    fp32. The module's bf16 copies round every update below bf16's resolution (2^-8 relative) away:
+    at lr 1e-5 a weight near 1 (a norm) would not move at all in the saved model. Every rank calls
+    this (ZeRO-1/2 gather the master)."""
+    if not engine.bfloat16_enabled():
+        return None
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = _flat_masters(engine.optimizer)  # ZeRO-0: FP16_Optimizer's flat fp32 groups
+    state = {}
+    for name, tensor in engine.module.state_dict(keep_vars=True).items():
+        if isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad:
+            if id(tensor) not in masters:  # tied weights stay one tensor
+                master = safe_get_full_fp32_param(tensor)  # ZeRO-1/2: the hp mapping
+                if master is None:
+                    raise RuntimeError(f"bf16 training: no fp32 master weight found for {name}")
+                masters[id(tensor)] = master.detach().cpu()
+            state[name] = masters[id(tensor)]
+        else:
+            state[name] = tensor.detach().cpu()
+    return state
+
+
+def _flat_masters(optimizer) -> dict[int, torch.Tensor]:
+    """id(param) → its fp32 master, for the ZeRO-0 low-precision wrappers: FP16_Optimizer keeps the
+    masters as one flat tensor per group, FP16_UnfusedOptimizer (torch's AdamW) as one per param."""
+    groups = getattr(optimizer, "fp16_groups", None)
+    if not groups:
+        return {}
+    if getattr(optimizer, "fp32_groups_flat", None):
+        from torch._utils import _unflatten_dense_tensors
+
+        per_group = [_unflatten_dense_tensors(flat, group) for group, flat in zip(groups, optimizer.fp32_groups_flat)]
+    else:
+        per_group = getattr(optimizer, "fp32_groups", [])
+    return {id(p): m.detach().cpu().clone() for group, masters in zip(groups, per_group) for p, m in zip(group, masters)}
 
 
 # ---------------------------------------------------------------------------------- resume state

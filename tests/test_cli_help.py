@@ -1,0 +1,34 @@
+"""`w2s --help`, every subcommand's `--help` and `--version` exit 0 with their text; a reader that
+leaves early (`w2s stages | head -1`) ends the command quietly, without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+W2S = [sys.executable, "-m", "w2s.cli"]
+SUBCOMMANDS = ["run", "config", "config show", "config validate", "stages", "baselines", "sweep", "report", "classification", "theory"]
+
+
+@pytest.mark.parametrize("command", ["", *SUBCOMMANDS])
+def test_help_exits_0(command):
+    out = subprocess.run(W2S + command.split() + ["--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("usage: w2s") and "Traceback" not in out.stderr
+
+
+def test_version():
+    out = subprocess.run(W2S + ["--version"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("w2s 0."), out
+
+
+def test_a_closed_pipe_ends_quietly():
+    # `true` exits at once without reading, so w2s writes into a pipe whose reader has gone
+    shell = f"{sys.executable} -m w2s.cli stages --flow baselines | true"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 0

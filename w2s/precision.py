@@ -1,0 +1,44 @@
+"""Which float format forwards and training run in: bf16 where the hardware computes it natively
+(a CUDA GPU, or a CPU with AMX or AVX512-BF16, where a bf16 GEMM runs ~7× an fp32 one on these
+machines), fp32 elsewhere. Numerics that need the range stay fp32 whatever this says: log-softmax
+and the summed sequence log-probs (w2s/scoring.py), the loss and its accumulation, and the master
+weights and optimiser state (DeepSpeed's bf16 optimiser keeps them in fp32).
+
+`auto` is resolved before a stage's key is computed, so an artifact says which format made it and
+a machine that would compute in another format does not reuse it silently. bench/precision.py
+measures the speed and what bf16 does to the log-probs and the F-weights' ranking.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "fp32", "bf16"]
+_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (Linux flags; elsewhere no)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in _BF16_CPU_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def resolve(precision: Precision, device: str = "auto") -> Literal["fp32", "bf16"]:
+    if precision != "auto":
+        return precision
+    on_gpu = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    return "bf16" if on_gpu or cpu_has_bf16() else "fp32"
+
+
+def torch_dtype(precision: Precision) -> torch.dtype:
+    return torch.bfloat16 if resolve(precision) == "bf16" else torch.float32
