@@ -124,11 +124,11 @@ def score(folders, table: pa.Table, precision: str) -> tuple[list[np.ndarray], f
     return values, table.num_rows / wall
 
 
-def train_tokens_per_s(model_dir: Path, data: Path, precision: str, steps: int, out: Path) -> float:
+def train_tokens_per_s(model_dir: Path, data: Path, precision: str, steps: int, out: Path, batch: tuple[int, int]) -> float:
     from w2s.training import train
 
-    cfg = StudentConfig(max_steps=steps, learning_rate=1e-5, warmup_steps=0, lr_scheduler="constant", batch_size=8,
-                        micro_batch_size=4, checkpoint_fractions=[1.0])
+    cfg = StudentConfig(max_steps=steps, learning_rate=1e-5, warmup_steps=0, lr_scheduler="constant", batch_size=batch[0],
+                        micro_batch_size=batch[1], checkpoint_fractions=[1.0])
     result = train(cfg, TrainingEngineConfig(precision=precision), "weighted_mle", model_dir, [data], out)
     return statistics.median(h["tokens_per_s"] for h in result.history[1:])
 
@@ -164,12 +164,29 @@ def science(fp32: list[np.ndarray], bf16: list[np.ndarray], prompt_ids: list[str
     }
 
 
+def report_scoring(speed, values, table) -> None:
+    s32, s16 = statistics.median(speed["fp32"]), statistics.median(speed["bf16"])
+    print(f"scoring (2 models): fp32 {s32:.2f} rows/s, bf16 {s16:.2f} rows/s, ratio {s16 / s32:.2f}×")
+    numbers = science(values["fp32"], values["bf16"], table.column("prompt_id").to_pylist())
+    print("science (fp32 vs bf16 log-probs on the same rows):")
+    print(f"  |Δ log π_weak| mean {numbers['abs_dlogp_weak_mean']:.3f} max {numbers['abs_dlogp_weak_max']:.3f} nats "
+          f"(log π_weak mean {numbers['logp_weak_mean']:.1f}); |Δ log π_weak_ref| mean {numbers['abs_dlogp_ref_mean']:.3f}")
+    print(f"  |Δ log-ratio| mean {numbers['abs_dratio_mean']:.3f} max {numbers['abs_dratio_max']:.3f} nats "
+          f"(the log-ratio's own std across rows: {numbers['ratio_std']:.2f})")
+    print(f"  F-weights per prompt: Spearman mean {numbers['spearman_F_mean']:.3f}, min {numbers['spearman_F_min']:.3f} "
+          f"over {numbers['prompts']:.0f} prompts; same top sample {numbers['top_sample_same']:.0%}")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, default=Path("artifacts"), help="an artifact root with the embedded default's stages")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rows", type=int, default=64, help="sample rows to score (and to train on)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs=2, default=[16, 8], metavar=("BATCH", "MICRO"),
+                        help="training batch and micro-batch (default: the embedded default's student, 16 and 8)")
+    parser.add_argument("--skip-scoring", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"CPU bf16 instructions (AMX / AVX512-BF16): {cpu_has_bf16()}; torch threads {torch.get_num_threads()}")
@@ -185,22 +202,12 @@ def main() -> None:
 
         speed = {"fp32": [], "bf16": []}
         values = {}
-        for _ in range(args.repeats):
+        for _ in range(0 if args.skip_scoring else args.repeats):
             for precision in ("fp32", "bf16"):
                 values[precision], rows_per_s = score([weak, ref], table, precision)
                 speed[precision].append(rows_per_s)
-        s32, s16 = statistics.median(speed["fp32"]), statistics.median(speed["bf16"])
-        print(f"scoring (2 models): fp32 {s32:.2f} rows/s, bf16 {s16:.2f} rows/s, ratio {s16 / s32:.2f}×")
-
-        numbers = science(values["fp32"], values["bf16"], table.column("prompt_id").to_pylist())
-        print("science (fp32 vs bf16 log-probs on the same rows):")
-        print(f"  |Δ log π_weak| mean {numbers['abs_dlogp_weak_mean']:.3f} max {numbers['abs_dlogp_weak_max']:.3f} nats "
-              f"(log π_weak mean {numbers['logp_weak_mean']:.1f}); |Δ log π_weak_ref| mean {numbers['abs_dlogp_ref_mean']:.3f}")
-        print(f"  |Δ log-ratio| mean {numbers['abs_dratio_mean']:.3f} max {numbers['abs_dratio_max']:.3f} nats "
-              f"(the log-ratio's own std across rows: {numbers['ratio_std']:.2f})")
-        print(f"  F-weights per prompt: Spearman mean {numbers['spearman_F_mean']:.3f}, min {numbers['spearman_F_min']:.3f} "
-              f"over {numbers['prompts']:.0f} prompts; same top sample {numbers['top_sample_same']:.0%}")
-
+        if not args.skip_scoring:
+            report_scoring(speed, values, table)
         from w2s.models.build import load_pretrained as load
 
         strong = next(Path.home().glob(".cache/w2s-tests/smollm2-135m-instruct-v1/**/config.json"), None)
@@ -215,10 +222,10 @@ def main() -> None:
         tok = {"fp32": [], "bf16": []}
         for r in range(args.repeats):
             for precision in ("fp32", "bf16"):
-                tok[precision].append(train_tokens_per_s(strong_dir, data, precision, args.steps, work / f"train-{precision}-{r}"))
+                tok[precision].append(train_tokens_per_s(strong_dir, data, precision, args.steps, work / f"train-{precision}-{r}", tuple(args.batch)))
         t32, t16 = statistics.median(tok["fp32"]), statistics.median(tok["bf16"])
         flops = 6 * n_params * t16
-        print(f"training step (SmolLM2-135M, {n_params / 1e6:.0f}M params, ZeRO-0, batch 8): fp32 {t32:.0f} tok/s, bf16 {t16:.0f} tok/s, "
+        print(f"training step (SmolLM2-135M, {n_params / 1e6:.0f}M params, ZeRO-0, batch {args.batch[0]} / micro {args.batch[1]}): fp32 {t32:.0f} tok/s, bf16 {t16:.0f} tok/s, "
               f"ratio {t16 / t32:.2f}×")
         print(f"  bf16 achieved {flops / 1e12:.3f} TFLOP/s = {flops / 1e12 / peak['bf16']:.0%} of the bf16 GEMM peak "
               f"(fp32: {6 * n_params * t32 / 1e12 / peak['fp32']:.0%} of the fp32 peak)")
