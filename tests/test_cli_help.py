@@ -3,6 +3,7 @@ leaves early (`w2s stages | head -1`) ends the command quietly, without a traceb
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -26,9 +27,12 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("w2s 0."), out
 
 
-def test_a_closed_pipe_ends_quietly():
-    # `true` exits at once without reading, so w2s writes into a pipe whose reader has gone
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_a_closed_pipe_ends_quietly(unbuffered):
+    # `true` exits at once without reading, so w2s writes into a pipe whose reader has gone; with a
+    # block-buffered stdout (no PYTHONUNBUFFERED, as in CI) the error comes at the flush
     shell = f"{sys.executable} -m w2s.cli stages --flow baselines | true"
-    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | ({"PYTHONUNBUFFERED": "1"} if unbuffered else {})
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr[-2000:]
     assert out.returncode == 0
