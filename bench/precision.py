@@ -208,8 +208,6 @@ def main() -> None:
                 speed[precision].append(rows_per_s)
         if not args.skip_scoring:
             report_scoring(speed, values, table)
-        from w2s.models.build import load_pretrained as load
-
         strong = next(Path.home().glob(".cache/w2s-tests/smollm2-135m-instruct-v1/**/config.json"), None)
         if strong is None:
             model, tokenizer = load_spec(ModelSpec(source="smollm2_gguf"))
@@ -217,7 +215,7 @@ def main() -> None:
             strong_dir = work / "strong"
         else:
             strong_dir = strong.parent
-        n_params = sum(p.numel() for p in load(strong_dir)[0].parameters())
+        n_params = sum(p.numel() for p in load_pretrained(strong_dir)[0].parameters())
         data = training_data(table, work / "train.parquet")
         tok = {"fp32": [], "bf16": []}
         for r in range(args.repeats):

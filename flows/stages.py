@@ -7,20 +7,12 @@ flow itself on its default config (nothing is computed), and every declared stag
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from functools import cache
 
 import tasks
+from flows import FLOWS, flow_named  # noqa: F401  (re-exported: the stage lists are per flow)
 from w2s.orchestration import flow_stages
-
-FLOWS = {"eve": "flows.eve:eve", "baselines": "flows.baselines:baselines", "sweep": "flows.sweep:sweep",
-         "w2s_classification": "flows.w2s_classification:w2s_classification", "w2s_theory": "flows.w2s_theory:w2s_theory"}
-
-
-def flow_named(name: str):
-    module, attr = FLOWS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 @cache

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from flows import FLOWS, flow_named
 from w2s.config.loading import ConfigError, dump_yaml, load_config, preflight
 
 EPILOG = """\
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     stages = sub.add_parser("stages", help="list a flow's stages in the order it runs them (traced from the flow; nothing runs)")
-    stages.add_argument("--flow", choices=("eve", "baselines", "sweep", "w2s_classification", "w2s_theory"), default="eve",
+    stages.add_argument("--flow", choices=tuple(FLOWS), default="eve",
                         help="which flow (default: eve)")
 
     for name, text in (("baselines", "EVE and every baseline of the paper, each evaluated, one PGR report"),
@@ -130,21 +131,21 @@ def _main(argv: list[str] | None) -> int:
             else:
                 sys.stdout.write(dump_yaml(cfg))
             return 0
+        flow_name = "eve" if args.command == "run" else args.flow if args.command == "report" else args.command
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)
-        check_stages(cfg, "eve" if args.command == "run" else args.flow if args.command == "report" else args.command,
-                     getattr(args, "until", None))
+        check_stages(cfg, flow_name, getattr(args, "until", None))
     except ConfigError as exc:
         print(f"w2s: error: {exc}", file=sys.stderr)
         return 2
     if args.command == "report":
-        return write_report(cfg, args.flow, args.out)
-    return run_pipeline(cfg, args.until, "eve" if args.command == "run" else args.command)
+        return write_report(cfg, flow_name, args.out)
+    return run_pipeline(cfg, args.until, flow_name)
 
 
 def check_stages(cfg, flow_name: str, until: str | None) -> None:
     """Stage names in the config and `--until` name stages of the registry / of this flow."""
-    from flows.stages import flow_named
+    import tasks  # noqa: F401  (declares every stage: the registry the names are checked against)
     from w2s.orchestration import flow_stages
     from w2s.stage import check_stage_names
 
@@ -158,18 +159,8 @@ def check_stages(cfg, flow_name: str, until: str | None) -> None:
             raise ConfigError(f"--until: {until!r} is not a stage of the {flow_name} flow; one of: {', '.join(names)}")
 
 
-def _flow(name: str):
-    if name == "eve":
-        from flows.eve import eve as flow_fn
-    elif name == "baselines":
-        from flows.baselines import baselines as flow_fn
-    else:
-        from flows.sweep import sweep as flow_fn
-    return flow_fn
-
-
 def run_pipeline(cfg, until: str | None, flow_name: str = "eve") -> int:
-    return 0 if _run_flow(cfg, _flow(flow_name), until=until) is not None else 1
+    return 0 if _run_flow(cfg, flow_named(flow_name), until=until) is not None else 1
 
 
 def _run_flow(cfg, flow_fn, **params):
@@ -191,7 +182,7 @@ def write_report(cfg, flow_name: str, out: str) -> int:
 
     from w2s.artifacts import local_path_of
 
-    state = _run_flow(cfg, _flow(flow_name), until=None)
+    state = _run_flow(cfg, flow_named(flow_name), until=None)
     if state is None:
         return 1
     source = local_path_of(next(row.uri for row in state.rows if row.stage == "report"))

@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -59,10 +59,6 @@ class Stage:
 
     def slice_of(self, config: Any) -> Any:
         return self.reads(config) if self.reads is not None else config
-
-    def reading(self, reads: Callable[[Any], Any]) -> Stage:
-        """The same stage (name, version, body) on another slice of the config, e.g. features of two models."""
-        return replace(self, reads=reads)
 
     def check_inputs(self, given: Mapping[str, Any]) -> None:
         unknown = sorted(set(given) - set(self.inputs) - set(self.options))

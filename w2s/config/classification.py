@@ -12,8 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from w2s.content import content_input
-from w2s.config import ModelSpec, RunConfig, RunScoped, Section
+from w2s.config import HFSource, ModelSpec, RunConfig, RunScoped, Section
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -37,13 +36,9 @@ class ReviewTaskConfig(Section):
         return self
 
 
-class HFClassificationData(Section):
-    """A real binary task through `datasets.load_dataset` (local files, or a hub name on a cluster)."""
+class HFClassificationData(HFSource):
+    """A real binary task through `datasets`."""
 
-    path: str = content_input(..., description="load_dataset path: 'csv', 'json', 'parquet', a local file or a hub name.")
-    data_files: str | list[str] | None = content_input(None, description="Local data files (globs allowed); keyed by content.")
-    name: str | None = None
-    split: str = "train"
     text_column: str = "text"
     label_column: str = "label"
 

@@ -53,13 +53,18 @@ class SyntheticTaskConfig(Section):
         return self
 
 
-class HFDataConfig(Section):
-    """Real preference data through `datasets` (local files or a hub name on a cluster)."""
+class HFSource(Section):
+    """Where `datasets.load_dataset` reads a table from (local files, or a hub name on a cluster)."""
 
-    path: str = content_input(..., description="datasets.load_dataset path: 'parquet', 'json', a local file or folder, or a hub name.")
+    path: str = content_input(..., description="datasets.load_dataset path: 'parquet', 'json', 'csv', a local file or folder, or a hub name.")
     data_files: str | list[str] | None = content_input(None, description="Local data files (globs allowed); keyed by content.")
     name: str | None = None
     split: str = "train"
+
+
+class HFDataConfig(HFSource):
+    """Real preference data through `datasets`."""
+
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"

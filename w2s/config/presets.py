@@ -22,9 +22,6 @@ def resolve(path: str | Path) -> Path:
     """`path` itself when it exists or names a folder; else the shipped preset of that name
     (`tiny`, `tiny.yaml`, `configs/tiny.yaml`); else `path` unchanged (its reader reports it)."""
     given = Path(path).expanduser()
-    if given.exists():
+    if given.exists() or given.parent not in (Path("."), Path("configs")):
         return given
-    for candidate in (PRESETS / given.name, PRESETS / f"{given.name}.yaml"):
-        if given.parent in (Path("."), Path("configs")) and candidate.is_file():
-            return candidate
-    return given
+    return next((c for c in (PRESETS / given.name, PRESETS / f"{given.name}.yaml") if c.is_file()), given)

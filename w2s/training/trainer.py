@@ -33,7 +33,7 @@ import torch
 
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
 from w2s.partial import PartialFiles
-from w2s.training import engine as eng
+import w2s.training.engine as eng
 from w2s.training.data import TrainData, batch_indices, collate, completion_tokens, example_sequences, load_data, steps_per_epoch
 from w2s.training.objectives import OBJECTIVES, dpo_loss, normaliser, sequence_logps, weighted_nll
 from w2s.training.reference import REF_FILE, reference_logps, resolve_ref_logps, write_ref_logps
