@@ -28,6 +28,26 @@ def test_run_twice_second_is_fully_cached(tmp_path):
 
     table = [line for line in second.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES]
     assert len(table) == len(STAGES) and all(line.split()[1] == "hit" for line in table), second.stdout
+    # w2s plan computes nothing: all hits on the warm root; a changed β/λ misses exactly for the
+    # weights and the stages they feed (flows/eve.py: the student, its evaluation, the report)
+    after_weights = {"weights", "student", "evaluate_eve", "report"}
+    plan = _w2s("plan", "--config", str(config), cwd=tmp_path)
+    assert plan.returncode == 0 and _plan_rows(plan.stdout) == dict.fromkeys(STAGES, "hit"), plan.stdout
+    changed = _w2s("plan", "--config", str(config), "--set", "weights.beta_over_lambda=2", cwd=tmp_path)
+    planned = _plan_rows(changed.stdout)
+    assert {s for s, v in planned.items() if v == "miss"} == after_weights and set(planned) == set(STAGES), changed.stdout
+    assert "config beta_over_lambda: 1.0 → 2.0" in changed.stdout
+    # --force recomputes the stage and what it feeds, though all of it is cached
+    forced = _w2s("run", "--config", str(config), "--force", "weights", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert {line.split()[0] for line in forced.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in STAGES and line.split()[1] == "miss"} == after_weights, forced.stdout
     until = _w2s("run", "--config", str(config), "--until", "data", cwd=tmp_path)
     assert until.returncode == 0 and "strong_base" not in until.stdout.split("total")[0]
     assert not (tmp_path / "mlruns").exists()
+
+
+def _plan_rows(stdout: str) -> dict[str, str]:
+    from flows.stages import STAGES
+
+    return {line.split()[0]: line.split()[1] for line in stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES}

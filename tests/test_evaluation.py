@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from w2s.evaluation import k3_kl, k3_terms, mean_ci95, performance, pgr, win_rate
-from w2s.report import Label, build_report, plot_report, render_html, render_markdown
+from w2s.report import Label, bar_policies, build_report, headline, plot_report, render_html, render_markdown
 
 
 def test_pgr_by_hand():
@@ -106,6 +106,17 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     assert f"| naive_sft | {mean_ci95(differences)} | 0/2 |" in markdown
     page = render_html(markdown, images)
     assert page.count("data:image/png;base64,") == len(images) and "<td>eve</td>" in page
+    # python-markdown rendered it: real tables (policies, paired, β/λ sweep) with header rows, bold as <strong>, no Markdown left over
+    assert page.count("<table>") == 3 and "<th>policy</th>" in page and "**" not in page and "<strong>" in page
+    assert bar_policies(report) == ["weak", "reference", "strong_ceiling", "eve", "naive_sft"]
+    # the headline is EVE against naive SFT, with the paired difference
+    top = headline(report)
+    assert markdown.splitlines()[2] == top and str(mean_ci95([0.5 / 1.5, 0.55 / 1.5])) in top and str(mean_ci95(differences)) in top
+
+
+def test_the_html_report_escapes_raw_html_in_the_markdown():
+    page = render_html("# t\n\n<script>alert(1)</script> a & b\n", [])
+    assert "<script>" not in page and "&lt;script&gt;" in page
 
 
 def test_report_warns_when_the_ceiling_is_below_the_weak_teacher():

@@ -41,3 +41,22 @@ def test_a_wheel_ships_the_configs_and_an_installed_w2s_finds_them(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     tiny_source, experiment, templates = out.stdout.split()
     assert tiny_source == "tiny_random" and templates == "True" and experiment
+
+
+def test_pyproject_states_ranges_and_the_constraints_pin_a_version_inside_each():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = {}
+    for line in (REPO / "requirements" / "constraints-cpu.txt").read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[Requirement(name).name.lower().replace("_", "-")] = version
+    for dep in deps:
+        assert not any(spec.operator in ("==", "===") for spec in dep.specifier), f"{dep}: pyproject states ranges, pins live in requirements/"
+        pinned = pins.get(dep.name.lower().replace("_", "-"))
+        assert pinned is not None, f"{dep.name} is not pinned in requirements/constraints-cpu.txt"
+        assert dep.specifier.contains(pinned.split("+")[0], prereleases=True), f"{dep}: the verified pin {pinned} is outside the range"
+    assert "accelerate" not in {d.name for d in deps}  # nothing imports it (peft brings its own)

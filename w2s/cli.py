@@ -1,6 +1,8 @@
 """`w2s`: run the EVE pipeline and inspect its config.
 
-    w2s run --config pipeline_config.yaml [--set sampling.k=8 ...] [--until STAGE]
+    w2s run --config pipeline_config.yaml [--set sampling.k=8 ...] [--until STAGE] [--force STAGE]
+    w2s plan --config pipeline_config.yaml [--flow baselines] [--set ...]   # hit or miss per stage, and why
+    w2s train weighted_mle --model DIR --data SHARDS --out DIR              # the trainer on its own
     w2s config show pipeline_config.yaml [--set ...]
     w2s config validate pipeline_config.yaml
     w2s stages [--flow baselines]
@@ -39,6 +41,11 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
     )
 
 
+def _add_force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="recompute this stage and every stage after it that it feeds, though cached (repeatable)")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -59,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the EVE pipeline on a config, reusing every finished stage.")
     _add_config_args(run)
     run.add_argument("--until", metavar="STAGE", help="stop after this stage (`w2s stages` lists the flow's stages in order)")
+    _add_force_arg(run)
+
+    plan = sub.add_parser("plan", help="say, for each stage, whether a run would reuse it or compute it, and why (computes nothing)",
+                          description="Trace a flow on a config against the artifact root: each stage's cache hit or miss, and "
+                          "for a miss what changed (stage version, config keys old → new, inputs).")
+    _add_config_args(plan)
+    plan.add_argument("--flow", choices=tuple(FLOWS), default="eve", help="which flow (default: eve)")
+
+    from w2s.train_cli import add_train_parser
+
+    add_train_parser(sub)
 
     config = sub.add_parser("config", help="show or validate a config")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -80,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(flow_parser)
         flow_parser.add_argument("--until", metavar="STAGE", help=f"stop after this stage (`w2s stages --flow {name}` lists them)")
+        _add_force_arg(flow_parser)
     report = sub.add_parser("report", help="write the PGR report (Markdown + HTML) of a flow, running what is not cached",
                             description="Runs FLOW (cached stages are reused), then copies its report folder to --out.")
     _add_config_args(report)
@@ -122,6 +141,10 @@ def _main(argv: list[str] | None) -> int:
             return run_classification(args.config, args.overrides)
         if args.command == "theory":
             return run_theory(args.config, args.overrides)
+        if args.command == "train":
+            from w2s.train_cli import run_train
+
+            return run_train(args)
         if args.command == "config":
             cfg = load_config(args.file, args.overrides)
             if args.config_command == "validate":
@@ -131,20 +154,25 @@ def _main(argv: list[str] | None) -> int:
             else:
                 sys.stdout.write(dump_yaml(cfg))
             return 0
-        flow_name = "eve" if args.command == "run" else args.flow if args.command == "report" else args.command
+        flow_name = "eve" if args.command == "run" else args.flow if args.command in ("report", "plan") else args.command
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)
-        check_stages(cfg, flow_name, getattr(args, "until", None))
+        check_stages(cfg, flow_name, getattr(args, "until", None), getattr(args, "force", []))
     except ConfigError as exc:
         print(f"w2s: error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "plan":
+        return print_plan(cfg, flow_name)
     if args.command == "report":
         return write_report(cfg, flow_name, args.out)
-    return run_pipeline(cfg, args.until, flow_name)
+    from w2s.stage import forcing
+
+    with forcing(args.force):
+        return run_pipeline(cfg, args.until, flow_name)
 
 
-def check_stages(cfg, flow_name: str, until: str | None) -> None:
-    """Stage names in the config and `--until` name stages of the registry / of this flow."""
+def check_stages(cfg, flow_name: str, until: str | None, force: list[str] = ()) -> None:
+    """Stage names in the config, `--until` and `--force` name stages of the registry / of this flow."""
     import tasks  # noqa: F401  (declares every stage: the registry the names are checked against)
     from w2s.orchestration import flow_stages
     from w2s.stage import check_stage_names
@@ -153,10 +181,22 @@ def check_stages(cfg, flow_name: str, until: str | None) -> None:
         check_stage_names(cfg.orchestration)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if until is not None:
+    named = ([("--until", until)] if until is not None else []) + [("--force", name) for name in force]
+    if named:
         names = flow_stages(flow_named(flow_name), cfg)
-        if until not in names:
-            raise ConfigError(f"--until: {until!r} is not a stage of the {flow_name} flow; one of: {', '.join(names)}")
+        for option, name in named:
+            if name not in names:
+                raise ConfigError(f"{option}: {name!r} is not a stage of the {flow_name} flow; one of: {', '.join(names)}")
+
+
+def print_plan(cfg, flow_name: str) -> int:
+    from w2s.orchestration import trace_flow
+    from w2s.plan import Planner, render
+
+    planner = Planner(cfg.run.artifact_root)
+    trace_flow(flow_named(flow_name), cfg, planner)
+    print(render(planner.rows))
+    return 0
 
 
 def run_pipeline(cfg, until: str | None, flow_name: str = "eve") -> int:

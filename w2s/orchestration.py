@@ -30,7 +30,7 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config.base import json_finite
-from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcomes, log_cached, planned_key, use_runner
+from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcomes, forced, log_cached, planned_key, use_runner
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -130,8 +130,9 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
     cfg = declared.slice_of(config)
     orchestration = orchestration_of(config)
     store = store_for(ctx.artifact_root)
-    key = declared.key(cfg, artifact_inputs(inputs))  # once per call
-    found = store.lookup(declared.name, key)
+    refs = artifact_inputs(inputs)
+    key = declared.key(cfg, refs)  # once per call
+    found = None if forced(declared, refs) else store.lookup(declared.name, key)
     offload = orchestration.offload
     if found is None and offload.enabled and declared.name in offload.stages:
         ref = offload_stage(offload, declared, key, ctx, config, inputs)
@@ -185,13 +186,19 @@ def flow_stages(flow_fn: Any, config: Any) -> tuple[str, ...]:
         called.append(declared.name)
         return ArtifactRef(stage=declared.name, key="traced", uri=f"traced://{declared.name}", digest="0" * 64)
 
+    trace_flow(flow_fn, config, record)
+    return tuple(dict.fromkeys(called))
+
+
+def trace_flow(flow_fn: Any, config: Any, runner) -> None:
+    """Runs a flow's body outside Prefect and MLflow, every stage call going to `runner`
+    (the stage tracer above; w2s/plan.py's planner)."""
     token = _tracing.set(True)
     try:
-        with use_runner(record):
+        with use_runner(runner):
             getattr(flow_fn, "fn", flow_fn)(config=config)
     finally:
         _tracing.reset(token)
-    return tuple(dict.fromkeys(called))
 
 
 @contextmanager

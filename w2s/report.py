@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,11 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
 
 
 # ------------------------------------------------------------------------------------------ plots
+def bar_policies(report: Report) -> list[str]:
+    """The bars of the PGR chart: every policy the run evaluated, anchors included (grey)."""
+    return [name for name, _ in report.ordered()]
+
+
 def plot_report(report: Report, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -186,13 +192,16 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    names = [n for n in report.policies if n not in (WEAK, STRONG, REFERENCE)]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    stats = [mean_ci95(report.policies[n].pgr) for n in names]
-    ax.bar(names, [100 * s.mean for s in stats], yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats], capsize=4)
+    every = bar_policies(report)
+    names = [n for n in every if n not in (WEAK, STRONG, REFERENCE)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(every)), 3.5))
+    stats = [mean_ci95(report.policies[n].pgr) for n in every]
+    colours = ["#999999" if n in (WEAK, STRONG, REFERENCE) else "#1f77b4" for n in every]
+    ax.bar(every, [100 * s.mean for s in stats], yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats],
+           capsize=4, color=colours)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("PGR (%)")
-    ax.set_title("PGR by method (fig. 4)")
+    ax.set_title("PGR by policy (fig. 4; grey: the anchors)")
     ax.tick_params(axis="x", rotation=20)
     save(fig, "pgr_bars.png")
 
@@ -238,9 +247,25 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------- render
+def headline(report: Report, method: str = "eve", baseline: str = "naive_sft") -> str:
+    """The paper's main comparison (fig. 3, 4) in one sentence: EVE against naive SFT."""
+    if method not in report.policies:
+        return ""
+    ours = mean_ci95(report.policies[method].pgr)
+    if baseline not in report.policies:
+        return f"**EVE: PGR {ours}** (naive SFT is not in this flow; `w2s baselines` trains it)."
+    theirs = mean_ci95(report.policies[baseline].pgr)
+    paired = next((row for row in report.paired_rows(method) if row["baseline"] == baseline), None)
+    difference = "" if paired is None else (f"; paired by seed, EVE − naive SFT = {paired[f'PGR({method}) − PGR(baseline)']}"
+                                            f" (EVE ahead on {paired[f'seeds {method} is ahead']} seeds)")
+    return f"**EVE: PGR {ours}; naive SFT: PGR {theirs}{difference}.**"
+
+
 def render_markdown(report: Report, images: list[Path], title: str, sections: tuple[list[str], ...] = ()) -> str:
     """`sections`: further Markdown blocks (lines) placed after the tables, before the warnings."""
-    lines = [f"# {title}", "", "PGR = (P(π) − P(π_weak)) / (P(π_strong) − P(π_weak)) on the gold reward (§9.5); "
+    top = headline(report)
+    lines = [f"# {title}", "", *([top, ""] if top else []),
+             "PGR = (P(π) − P(π_weak)) / (P(π_strong) − P(π_weak)) on the gold reward (§9.5); "
              "win-rate against the strong base π_ref_strong (ties ½); KL by the k3 estimator (§9.3). "
              "Mean ± 95 % CI over seeds.", "", *_markdown_table(report.table_rows(), empty_header=["policy"])]
     paired = report.paired_rows()
@@ -260,34 +285,23 @@ def render_markdown(report: Report, images: list[Path], title: str, sections: tu
 
 def _markdown_table(rows: list[dict[str, str]], empty_header: list[str] | None = None) -> list[str]:
     header = list(rows[0]) if rows else (empty_header or [])
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(row[h] for h in header) + " |" for row in rows])
+    return (["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_cell(row[h]) for h in header) + " |" for row in rows])
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")  # a policy label with a pipe must not split its row
 
 
 def render_html(markdown_text: str, images: list[Path]) -> str:
-    """A self-contained page (images inlined), so it can be mailed or opened from MLflow."""
-    body, in_table = [], False
-    for line in markdown_text.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            body.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            in_table = True
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("!["):
-            continue
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    for path in images:
-        data = base64.b64encode(path.read_bytes()).decode()
-        body.append(f'<figure><img alt="{path.stem}" src="data:image/png;base64,{data}"><figcaption>{path.stem}</figcaption></figure>')
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}td{border:1px solid #ccc;padding:.2em .6em}table{border-collapse:collapse}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>w2s report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    """A self-contained page: the Markdown rendered by python-markdown (tables), every figure the
+    Markdown names inlined as a data URI, so it can be mailed or opened from MLflow. Raw HTML in
+    the Markdown (a label, a warning) is escaped, never rendered."""
+    import markdown
+
+    inline = {p.name: "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in images}
+    body = markdown.markdown(html.escape(markdown_text, quote=False), extensions=["tables"], output_format="html")
+    body = re.sub(r'src="([^"]+)"', lambda m: f'src="{inline.get(Path(m.group(1)).name, m.group(1))}"', body)
+    style = ("body{font-family:sans-serif;max-width:60em;margin:auto}td,th{border:1px solid #ccc;padding:.2em .6em}"
+             "table{border-collapse:collapse}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>w2s report</title><style>{style}</style></head><body>{body}</body></html>\n"

@@ -204,6 +204,31 @@ def planned_key(stage: str, key: str):
     return _bound(_planned, (stage, key))
 
 
+@dataclass
+class Forcing:
+    """`w2s run --force STAGE`: recompute the named stages, and every stage fed by a recomputed one,
+    even where a verified artifact exists (the new one replaces it under the same key)."""
+
+    stages: frozenset[str]
+    recomputed: set[str] = field(default_factory=set)  # artifact URIs written in this run
+
+    def applies(self, stage: Stage, inputs: Mapping[str, ArtifactRef]) -> bool:
+        return stage.name in self.stages or any(ref.uri in self.recomputed for ref in inputs.values())
+
+
+_forcing: contextvars.ContextVar[Forcing | None] = contextvars.ContextVar("w2s_forcing", default=None)
+
+
+def forcing(stages) -> Any:
+    """Stages run inside the block recompute as `Forcing` says."""
+    return _bound(_forcing, Forcing(frozenset(stages)))
+
+
+def forced(stage: Stage, inputs: Mapping[str, ArtifactRef]) -> bool:
+    active = _forcing.get()
+    return active is not None and active.applies(stage, inputs)
+
+
 def _key(stage: Stage, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
     planned = _planned.get()
     return planned[1] if planned is not None and planned[0] == stage.name else stage.key(cfg, inputs)
@@ -222,13 +247,16 @@ def execute(ctx: RunContext, stage: Stage, cfg: BaseModel, inputs: Mapping[str, 
     started = time.perf_counter()
     store = store_for(ctx.artifact_root)
     key = _key(stage, cfg, inputs)
-    found = store.lookup(stage.name, key)  # verified; the store's memo makes a repeat a stat() only
+    force = forced(stage, inputs)
+    found = None if force else store.lookup(stage.name, key)  # verified; the store's memo makes a repeat a stat() only
     if found is None:
         waiting = lambda: log.info("%s: another run is computing %s; waiting to reuse it", stage.name, key)  # noqa: E731
         with store.lock(stage.name, key, on_wait=waiting):
-            found = store.lookup(stage.name, key)
+            found = None if force else store.lookup(stage.name, key)
             if found is None:
-                ref, run_id = _compute(ctx, store, stage, key, cfg, inputs, body, started)
+                ref, run_id = _compute(ctx, store, stage, key, cfg, inputs, body, started, fresh=force)
+                if force:
+                    _forcing.get().recomputed.add(ref.uri)
                 _report(Outcome(stage.name, key, "miss", time.perf_counter() - started, ref.uri, run_id))
                 return ref
     run_id = log_cached(ctx, stage, key, cfg, found)
@@ -236,11 +264,12 @@ def execute(ctx: RunContext, stage: Stage, cfg: BaseModel, inputs: Mapping[str, 
     return found
 
 
-def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: Body, started: float) -> tuple[ArtifactRef, str]:
+def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: Body, started: float,
+             fresh: bool = False) -> tuple[ArtifactRef, str]:
     digests = input_digests(inputs)
     params = {"stage_version": stage.version, **config_slice(cfg), **{f"input.{k}": v for k, v in digests.items()}}
     with stage_run(ctx, stage.name, key, params, cache="miss") as run:
-        writer = StageWriter(store, stage.name, key, stage.version, config_slice(cfg), digests)
+        writer = StageWriter(store, stage.name, key, stage.version, config_slice(cfg), digests, fresh=fresh)
         output = body(writer, run)
         wall = time.perf_counter() - started
         computed_by = {"mlflow_run_id": run.run_id, "mlflow_parent_run_id": ctx.parent_run_id,

@@ -87,7 +87,9 @@ class StageWriter:
     """Collects a stage's files under `dir`; `commit` hashes them and writes the manifest last.
     Hold the store's `lock(stage, key)` around it (w2s.stage.execute does)."""
 
-    def __init__(self, store: ArtifactStore, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str]):
+    def __init__(self, store: ArtifactStore, stage: str, key: str, version: int, config: Mapping[str, Any], inputs: Mapping[str, str],
+                 fresh: bool = False):
+        """`fresh` (`--force`): forget every sealed piece of earlier attempts, so nothing is resumed."""
         self.store, self.stage, self.key, self.version = store, stage, key, version
         self.config, self.inputs = dict(config), dict(inputs)
         self.dir = staging_dir(store, stage, key)
@@ -98,6 +100,10 @@ class StageWriter:
         self._rows: dict[str, int] = {}
         # A manifest from an earlier computation under this key is stale once we are rewriting.
         store.invalidate(stage, key)
+        if fresh:
+            shutil.rmtree(self.dir / SEALS, ignore_errors=True)
+            if self.remote and store.fs.exists(seals := store.remote_path(stage, key, SEALS)):
+                store.fs.rm(seals, recursive=True)
 
     def __enter__(self) -> StageWriter:
         return self
