@@ -27,6 +27,7 @@ from w2s.tables import model_dir
 from w2s.tracking import RunContext
 
 VERSION = 1
+TABLE = "evaluation_samples.json"
 
 
 class EvaluateSlice(BaseModel):
@@ -94,7 +95,10 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
             tables.append(pa.table(columns))
-        writer.write_parquet("samples.parquet", pa.concat_tables(tables, promote_options="default"))
+        samples = pa.concat_tables(tables, promote_options="default")
+        writer.write_parquet("samples.parquet", samples)
+        shown = [c for c in ("checkpoint", "prompt_id", "prompt", "response", "gold_reward", "k3") if c in samples.column_names]
+        run.log_table(samples.select(shown).to_pydict(), TABLE)  # MLflow's evaluation view: every answer, its reward, its k3
         return StageOutput(metrics, {"policy": writer.stage.removeprefix("evaluate_"), "n_prompts": len(ids),
                                      "kl_reference": kl_ref.stage if kl_ref is not None else None})
 

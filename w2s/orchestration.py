@@ -158,7 +158,7 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         ref = found
         if ref is None:
             raise RuntimeError(f"{declared.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
-        _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref)))
+        _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs)))
     if ref is None:
         raise RuntimeError(f"{declared.name}: computed {key} but it fails verification in {ctx.artifact_root}")
     return ref

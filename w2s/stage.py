@@ -37,7 +37,8 @@ from pydantic import BaseModel
 from w2s.artifacts import ArtifactRef, cache_key, store_for
 from w2s.content import content_digests
 from w2s.writer import StageWriter
-from w2s.tracking import RunContext, StageRun, log_artifact_summary, stage_run
+from w2s.registry import register_policy
+from w2s.tracking import RunContext, StageRun, log_artifact_summary, stage_run, system_metrics
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def execute(ctx: RunContext, stage: Stage, cfg: BaseModel, inputs: Mapping[str, 
                     _forcing.get().recomputed.add(ref.uri)
                 _report(Outcome(stage.name, key, "miss", time.perf_counter() - started, ref.uri, run_id))
                 return ref
-    run_id = log_cached(ctx, stage, key, cfg, found)
+    run_id = log_cached(ctx, stage, key, cfg, found, inputs)
     _report(Outcome(stage.name, key, "hit", time.perf_counter() - started, found.uri, run_id))
     return found
 
@@ -268,22 +269,25 @@ def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: B
              fresh: bool = False) -> tuple[ArtifactRef, str]:
     digests = input_digests(inputs)
     params = {"stage_version": stage.version, **config_slice(cfg), **{f"input.{k}": v for k, v in digests.items()}}
-    with stage_run(ctx, stage.name, key, params, cache="miss") as run:
+    with stage_run(ctx, stage.name, key, params, cache="miss", inputs=inputs) as run:
         writer = StageWriter(store, stage.name, key, stage.version, config_slice(cfg), digests, fresh=fresh)
-        output = body(writer, run)
+        with system_metrics(ctx, run.run_id):
+            output = body(writer, run)
         wall = time.perf_counter() - started
         computed_by = {"mlflow_run_id": run.run_id, "mlflow_parent_run_id": ctx.parent_run_id,
                        "prefect_flow_run_id": ctx.flow_run_id, "host": socket.gethostname(), "pid": os.getpid()}
         ref = writer.commit({**output.metrics, "wall_s": wall}, {**(output.info or {}), "computed_by": computed_by})
         log_artifact_summary(run, ref, writer.manifest_path(), {**output.metrics, "wall_s": wall})
+        register_policy(ctx, stage, ref, run)
     if writer.remote:
         shutil.rmtree(writer.dir, ignore_errors=True)  # the remote holds it all now
     return ref, run.run_id
 
 
-def log_cached(ctx: RunContext, stage: Stage, key: str, cfg: BaseModel, ref: ArtifactRef) -> str:
+def log_cached(ctx: RunContext, stage: Stage, key: str, cfg: BaseModel, ref: ArtifactRef, inputs: Mapping[str, ArtifactRef]) -> str:
     """A nested run that says 'reused', so every flow run shows all its stages in MLflow."""
-    with stage_run(ctx, stage.name, key, {"stage_version": stage.version, **config_slice(cfg)}, cache="hit") as run:
+    with stage_run(ctx, stage.name, key, {"stage_version": stage.version, **config_slice(cfg)}, cache="hit", inputs=inputs) as run:
         manifest = store_for(ctx.artifact_root).read_manifest(stage.name, key)
         log_artifact_summary(run, ref, None, manifest.metrics if manifest else {})
+        register_policy(ctx, stage, ref, run)
     return run.run_id

@@ -152,10 +152,53 @@ class StageRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
 
+    def log_table(self, columns: Mapping[str, Any], name: str) -> None:
+        """A table MLflow's UI shows under the run's evaluation view (e.g. each answer and its reward)."""
+        import pandas as pd
+
+        self.client.log_table(self.run_id, data=pd.DataFrame(dict(columns)), artifact_file=name)
+
+
+def log_dataset_inputs(client, run_id: str, inputs: Mapping[str, ArtifactRef]) -> None:
+    """The stage's input artifacts as MLflow dataset inputs, so the lineage shows in the dataset view:
+    name = producing stage, source = artifact URI, digest = the manifest digest (MLflow caps a
+    dataset digest at 36 characters: its first 36 hex digits; the whole one is in the profile), context
+    = the input's parameter name."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    datasets = [DatasetInput(Dataset(name=ref.stage, digest=ref.digest[:36], source_type="w2s-artifact",
+                                     source=json.dumps({"uri": ref.uri}),
+                                     profile=json.dumps({"digest": ref.digest, "rows": ref.rows, "key": ref.key})),
+                             tags=[InputTag("mlflow.data.context", name)])
+                for name, ref in sorted(inputs.items())]
+    if datasets:
+        client.log_inputs(run_id, datasets=datasets)
+
 
 @contextmanager
-def stage_run(ctx: RunContext, stage: str, key: str, params: Mapping[str, Any], cache: str) -> Iterator[StageRun]:
-    """Opens a nested run under the flow's parent run; marks it FAILED if the body raises."""
+def system_metrics(ctx: RunContext, run_id: str, interval_s: float = 5.0) -> Iterator[None]:
+    """CPU, memory, disk, network (and GPU where pynvml finds one) as `system/*` metrics of the run,
+    sampled every `interval_s` (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides) while a stage computes."""
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per stage
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s, tracking_uri=ctx.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+@contextmanager
+def stage_run(ctx: RunContext, stage: str, key: str, params: Mapping[str, Any], cache: str,
+              inputs: Mapping[str, ArtifactRef] = {}) -> Iterator[StageRun]:
+    """Opens a nested run under the flow's parent run, its input artifacts logged as datasets;
+    marks it FAILED if the body raises."""
     client = _client(ctx.tracking_uri)
     tags = {TAG_STAGE: stage, TAG_CACHE: cache, TAG_KEY: key}
     if ctx.parent_run_id:
@@ -164,6 +207,7 @@ def stage_run(ctx: RunContext, stage: str, key: str, params: Mapping[str, Any], 
         tags[TAG_FLOW_RUN] = ctx.flow_run_id
     run = client.create_run(experiment_id(ctx), tags=tags, run_name=stage)
     _log_params(client, run.info.run_id, params)
+    log_dataset_inputs(client, run.info.run_id, inputs)
     handle = StageRun(client, run.info.run_id)
     try:
         yield handle
