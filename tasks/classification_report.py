@@ -15,7 +15,7 @@ from w2s.tracking import RunContext
 PLOTS = {"pgr.png": plot_pgr, "epochs.png": plot_epochs, "probes.png": plot_probes}
 
 
-@stage(version=2, reads=lambda c: c.evaluation)
+@stage(version=2, reads=lambda c: c.evaluation, shows="report.md")
 def cls_report(ctx: RunContext, cfg: ClsEvalConfig, teacher: ArtifactRef, ceiling: ArtifactRef, w2s: ArtifactRef,
                bootstrap: ArtifactRef, probes: ArtifactRef, epochs: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:

@@ -30,7 +30,7 @@ class ReportSlice(BaseModel):
 
 
 # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
-@stage(version=4, reads=lambda config: ReportSlice())
+@stage(version=5, reads=lambda config: ReportSlice(), shows="report.md")
 def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
            signal: ArtifactRef | None = None) -> Body:
     """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the

@@ -22,12 +22,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
-from tqdm.auto import tqdm
 
 from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
+from w2s.progress import bar as progress_bar
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
@@ -133,7 +133,7 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
     shards = [kept[i : i + per_shard] for i in range(0, len(kept), per_shard)]
     totals = {"generated_tokens": 0, "prefill_requested": 0, "prefill_computed": 0, "finish_length": 0, "rows_now": 0, "prompts_now": 0}
     computed_known, reused, gen_s, init_s = True, 0, 0.0, 0.0
-    with tqdm(total=len(kept), desc="sampling", unit="prompt") as bar:
+    with progress_bar(total=len(kept), desc="sampling", unit="prompt") as bar:
         for index, chunk in enumerate(shards):
             rel = f"shards/part-{index:05d}.parquet"
             if writer.reuse(rel):  # finished before an interruption and its seal still matches

@@ -13,7 +13,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from w2s import faults
 from w2s.artifacts import ArtifactRef, store_for
@@ -21,6 +20,7 @@ from w2s.config import ScoringConfig
 from w2s.models.build import load_pretrained
 from w2s.precision import torch_dtype
 from w2s.scoring import score_groups, tokenise_group
+from w2s.progress import bar as progress_bar
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
@@ -66,7 +66,7 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
         shards = shard_paths(samples, store)
         total = sum(pq.ParquetFile(path).metadata.num_rows for _, path in shards)
         started, rows, n_trunc, written = time.perf_counter(), 0, 0, 0
-        with tqdm(total=total, desc="scoring", unit="row") as progress:
+        with progress_bar(total=total, desc="scoring", unit="row") as progress:
             for rel, path in shards:
                 if writer.reuse(rel):  # finished before an interruption and its seal still matches
                     done = pq.read_table(writer.path(rel), columns=["truncated"])

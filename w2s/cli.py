@@ -39,6 +39,8 @@ def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> 
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one key, value parsed as YAML: --set sampling.k=8 --set weights.beta_over_lambda=.inf",
     )
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="show Prefect, vLLM, transformers and DeepSpeed output here (default: in a log file under the artifact root)")
 
 
 def _add_force_arg(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    global VERBOSE
+    VERBOSE = getattr(args, "verbose", False)
     # Prefect's embedded server gets 20 s to start by default: too little on 2 busy cores.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
@@ -203,16 +207,30 @@ def run_pipeline(cfg, until: str | None, flow_name: str = "eve") -> int:
     return 0 if _run_flow(cfg, flow_named(flow_name), until=until) is not None else 1
 
 
+VERBOSE = False  # --verbose: the whole console output, no log file
+
+
 def _run_flow(cfg, flow_fn, **params):
-    """Runs a flow on `cfg` and prints the stage table; None (message on stderr) when it failed."""
+    """Runs a flow on `cfg` and prints the stage table; None (message on stderr) when it failed.
+    Without --verbose the libraries' output goes to a log file (w2s/console.py)."""
+    from contextlib import nullcontext
+
+    from w2s.console import log_path, quiet_console
+
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     started = time.perf_counter()
+    log = None if VERBOSE else log_path(cfg.run.artifact_root, getattr(flow_fn, "name", "flow"))
     try:
-        state = flow_fn(config=cfg, **params)
-    except Exception as exc:  # the stage's own traceback is already in the Prefect log above
+        with quiet_console(log) if log is not None else nullcontext():
+            state = flow_fn(config=cfg, **params)
+    except Exception as exc:  # the stage's own traceback is in the Prefect log (the log file when quiet)
         print(f"w2s: error: flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if log is not None:
+            print(f"log: {log}", file=sys.stderr)
         return None
     print(summary_table(state, cfg, time.perf_counter() - started))
+    if log is not None:
+        print(f"log: {log}")
     return state
 
 
@@ -275,7 +293,10 @@ def summary_table(state, cfg, total_s: float) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(f"{row.stage:<{width}} {row.cache:<6} {row.wall_s:>7.1f}s  {row.uri}")
+    report = next((row.uri for row in rows if row.stage == "report"), None)
     lines.append(f"total {total_s:.1f}s")
+    if report:
+        lines.append(f"report: {report}/report.html")
     lines.append(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}")
     lines.append(f"        experiment '{cfg.run.experiment}', run {state.ctx.parent_run_id}")
     return "\n".join(lines)

@@ -6,7 +6,7 @@
     W2S_FAULT_DIR=/tmp/faults     # where W2S_FAIL_ONCE remembers that it fired (required with it)
 
 Points are `<stage>:<n>`; a stage calls `checkpoint(stage, n)` as it makes progress, and every stage
-task calls `checkpoint(stage, 0)` at the start of each attempt (w2s/orchestration.py). The "once"
+task calls `checkpoint(stage, 0)` at the start of each attempt (w2s/orchestration/). The "once"
 is a marker file per point in W2S_FAULT_DIR, so it holds across processes and retries. Unset (the
 normal case) it costs two dictionary lookups. Never set them outside tests.
 """

@@ -2,7 +2,7 @@
 
     w2s plan --config pipeline_config.yaml --set weights.beta_over_lambda=2
 
-A flow's body runs with the `Planner` as its runner (w2s/orchestration.py: `trace_flow`). A stage
+A flow's body runs with the `Planner` as its runner (w2s/orchestration/: `trace_flow`). A stage
 whose inputs are all existing artifacts gets its real key and a real lookup; a hit hands its real
 reference on, so the next key is real too. A miss is explained against the closest artifact the
 root holds for that stage (fewest differing parts): the stage version, the config keys whose value

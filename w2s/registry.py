@@ -9,9 +9,11 @@ newest run of that config).
     mlflow models: w2s-eve, w2s-weak, w2s-strong_ceiling, …   aliases: newest, w2s-eve (experiment)
 
 An MLflow *server* refuses a local path as a version source unless it lies inside the run's own
-artifact folder (its guard against reading the server's disk); with a local artifact root and a
-remote tracking server the model is therefore not registered, and the stage run says why in its tag
-`w2s.registry`. With an `s3://` root (a cluster) or the sqlite default (`make run`) it is.
+artifact folder (its guard against reading the server's disk). With a local artifact root and a
+tracking server, the version's source is therefore `runs:/<stage run>/w2s-model`, a pointer file
+(`pointer.json`: the model folder's URI and the artifact digest) logged to the stage run; the
+model itself is still not copied, and the tag `w2s.uri` names it either way. With an `s3://` root
+(a cluster) or the sqlite default (`make run`) the source is the model folder's URI itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from w2s.artifacts import ArtifactRef
 log = logging.getLogger(__name__)
 PREFIX = "w2s-"
 NEWEST = "newest"
+POINTER_DIR = "w2s-model"
 _refused: set[str] = set()  # tracking URIs that refused a source: warned once per process
 
 
@@ -38,7 +41,7 @@ def alias_of(experiment: str) -> str:
 
 
 def register_policy(ctx, stage, ref: ArtifactRef, run) -> str | None:
-    """The version number, or None (not a policy stage, or the registry refused the source)."""
+    """The version number, or None (not a policy stage, or the registry failed: the run's tag says why)."""
     if not stage.evaluated_as:
         return None
     from mlflow.exceptions import MlflowException
@@ -70,6 +73,12 @@ def _version_for(client, name: str, ref: ArtifactRef, run_id: str) -> str:
     for found in client.search_model_versions(f"name='{name}'"):
         if found.tags.get("w2s.key") == ref.key and found.tags.get("w2s.digest") == ref.digest:
             return found.version
-    created = client.create_model_version(name, source=ref.file("model"), run_id=run_id,
-                                          tags={"w2s.key": ref.key, "w2s.digest": ref.digest, "w2s.stage": ref.stage})
-    return created.version
+    tags = {"w2s.key": ref.key, "w2s.digest": ref.digest, "w2s.stage": ref.stage, "w2s.uri": ref.file("model")}
+    try:
+        return client.create_model_version(name, source=ref.file("model"), run_id=run_id, tags=tags).version
+    except MlflowException as exc:
+        if "Invalid model version source" not in str(exc):
+            raise
+    pointer = {"uri": ref.file("model"), "digest": ref.digest, "stage": ref.stage, "key": ref.key}
+    client.log_dict(run_id, pointer, f"{POINTER_DIR}/pointer.json")
+    return client.create_model_version(name, source=f"runs:/{run_id}/{POINTER_DIR}", run_id=run_id, tags=tags).version

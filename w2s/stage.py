@@ -15,7 +15,7 @@ nested MLflow run, write its files, and write the manifest last. A body that rai
 manifest, so nothing failed or partial is ever reused.
 
 Calling a stage in a flow goes through the active *runner*: plain `execute` by default; the Prefect
-adapter (w2s/orchestration.py) installs its own for a flow run, so the core never imports Prefect.
+adapter (w2s/orchestration/) installs its own for a flow run, so the core never imports Prefect.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class Stage:
     optional: frozenset[str] = frozenset()  # inputs with a default (None: not given)
     options: tuple[str, ...] = ()  # other keyword parameters, never keyed (tests pass an open engine)
     evaluated_as: str | None = None  # the policy label of its `evaluate_<label>` stage, if it is a policy
+    shows: str | None = None  # a Markdown file of its artifact the Prefect UI shows (the report)
 
     def key(self, cfg: BaseModel, inputs: Mapping[str, ArtifactRef]) -> str:
         """sha256 of name, version, config slice, input artifact digests and the content digests
@@ -95,7 +96,8 @@ def register(declared: Stage) -> Stage:
     return declared
 
 
-def stage(version: int, reads: Callable[[Any], Any] | None = None, evaluated_as: str | None = None, name: str | None = None):
+def stage(version: int, reads: Callable[[Any], Any] | None = None, evaluated_as: str | None = None, name: str | None = None,
+          shows: str | None = None):
     """Declares the decorated `fn(ctx, cfg, **inputs) -> Body` as a registered stage (see the module doc).
     `name` is only for stages made in a loop (one evaluation per policy); otherwise it is fn's name."""
 
@@ -104,7 +106,7 @@ def stage(version: int, reads: Callable[[Any], Any] | None = None, evaluated_as:
         artifacts = [p for p in params if "ArtifactRef" in str(p.annotation)]
         return register(Stage(name or fn.__name__, version, fn, reads, tuple(p.name for p in artifacts),
                               frozenset(p.name for p in artifacts if p.default is not inspect.Parameter.empty),
-                              tuple(p.name for p in params if p not in artifacts), evaluated_as))
+                              tuple(p.name for p in params if p not in artifacts), evaluated_as, shows))
 
     return declare
 

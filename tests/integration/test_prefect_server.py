@@ -56,6 +56,7 @@ class Stack:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_LOCAL_STORAGE_PATH": str(home / "storage"),
             "PREFECT_LOGGING_LEVEL": "INFO",
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",  # the tiny stages last seconds
             "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
         }
@@ -326,3 +327,109 @@ def test_prefect_ui_shows_typed_form_and_every_stage(stack, two_runs, browser_pa
     assert shown == set(RUN_STAGES), listed
     assert page.get_by_text("Completed").count() >= len(RUN_STAGES)
     _screenshot(page, "prefect-ui-flow-run.png")
+
+
+@pytest.fixture(scope="module")
+def whole_run(stack, two_runs):
+    """The whole flow (evaluations, ceiling, report) on top of the cached first stages."""
+    return stack.trigger_and_work(tiny_config(stack, *RETRY), None)
+
+
+def _artifacts(stack, flow_run_id: str) -> list[dict]:
+    return stack.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+
+
+def test_the_flow_run_shows_the_report_stage_table_progress_mlflow_link_and_project_logs(stack, two_runs, whole_run):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    first, _ = two_runs
+    assert whole_run["state"]["type"] == "COMPLETED", (stack.logs / "cli.log").read_text()[-4000:]
+    found = {a["key"]: a for a in _artifacts(stack, whole_run["id"]) if a["key"]}
+    report = found["report"]
+    assert report["type"] == "markdown" and "| policy |" in report["data"] and "**EVE: PGR" in report["data"]
+    assert "[figure: pgr_bars]" in report["data"]  # images become links to the artifact's files
+    table = json.loads(found["stage-table"]["data"]) if isinstance(found["stage-table"]["data"], str) else found["stage-table"]["data"]
+    assert [row["stage"] for row in table] == list(STAGES) and {row["cache"] for row in table} == {"hit", "miss"}
+    assert all(row["artifact"].startswith(str(stack.tmp / "artifacts")) and row["mlflow_run"] for row in table)
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{whole_run['id']}'")
+    parent = next(r for r in runs if "w2s.stage" not in r.data.tags)
+    link = found["mlflow-run"]
+    assert link["type"] == "link" and link["data"] == f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    # progress artifacts of the long stages the cold run computed, ending at 100 %
+    cold = {a["key"]: a for a in _artifacts(stack, first["id"]) if a["key"]}
+    for key in ("progress-sampling", "progress-scoring", "progress-weak-sft", "progress-student"):
+        assert cold[key]["type"] == "progress" and float(cold[key]["data"]) == pytest.approx(100.0), key
+    # the project's own loggers reach the run's logs (one line per finished stage)
+    logs = stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [whole_run["id"]]}}, "limit": 200})
+    assert any(log["name"] == "w2s.stages" and log["message"].startswith("report") for log in logs)
+
+
+def test_mlflow_shows_lineage_tables_system_metrics_and_registered_policies(stack, two_runs, whole_run):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from w2s.artifacts import ArtifactStore
+
+    first, _ = two_runs
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    store = ArtifactStore(str(stack.tmp / "artifacts"))
+
+    def stage_runs(flow_run):
+        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'")
+        return {r.data.tags["w2s.stage"]: r for r in runs if r.info.status == "FINISHED" and "w2s.stage" in r.data.tags}
+
+    cold, whole = stage_runs(first), stage_runs(whole_run)
+    # dataset inputs: each input of scoring, with the digest of that input's manifest
+    scoring = store.read_manifest("scoring", cold["scoring"].data.tags["w2s.key"])
+    inputs = {t.value: d.dataset for d in cold["scoring"].inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert set(inputs) == set(scoring.inputs) == {"samples", "weak", "weak_ref"}
+    for name, dataset in inputs.items():
+        assert dataset.digest == scoring.inputs[name][:36] and json.loads(dataset.profile)["digest"] == scoring.inputs[name]
+    # system metrics on a training run; a logged table per evaluation
+    assert any(k.startswith("system/cpu") for k in cold["weak_sft"].data.metrics)
+    evaluations = [s for s in whole if s.startswith("evaluate_")]
+    assert evaluations
+    for name in evaluations:
+        assert "evaluation_samples.json" in {f.path for f in client.list_artifacts(whole[name].info.run_id)}, name
+    # the weak teacher, the student and the ceiling registered by reference to their artifacts
+    for label, stage in (("weak", "weak_dpo"), ("eve", "student"), ("strong_ceiling", "strong_dpo")):
+        version = client.get_model_version_by_alias(f"w2s-{label}", "newest")
+        key = whole[stage].data.tags["w2s.key"]
+        assert version.tags["w2s.key"] == key and version.tags["w2s.uri"] == store.uri(stage, key) + "/model"
+        # a local root behind a tracking server: the source is a pointer file in the stage run
+        pointer = json.loads(open(client.download_artifacts(version.run_id, "w2s-model/pointer.json", str(stack.tmp))).read())
+        assert version.source.startswith("runs:/") and pointer["uri"] == version.tags["w2s.uri"]
+
+
+def test_screenshots_of_the_artifacts_tab_the_mlflow_run_and_the_report(stack, whole_run, browser_page):
+    from mlflow.tracking import MlflowClient
+
+    page = browser_page
+    page.goto(f"{stack.ui}/runs/flow-run/{whole_run['id']}", wait_until="networkidle", timeout=120_000)
+    _dismiss_popup(page)
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.wait_for_selector("text=stage-table", timeout=60_000)
+    assert page.get_by_text("mlflow-run").count() and page.get_by_text("report").count()
+    _screenshot(page, "prefect-ui-artifacts.png")
+
+    client = MlflowClient(tracking_uri=stack.mlflow)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{whole_run['id']}'")
+    report_run = next(r for r in runs if r.data.tags.get("w2s.stage") == "report")
+    page.goto(f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{report_run.info.run_id}", wait_until="networkidle",
+              timeout=120_000)
+    page.wait_for_selector("text=report", timeout=60_000)
+    _screenshot(page, "mlflow-run.png")
+
+    page.goto(Path(report_run.data.tags["w2s.uri"], "report.html").as_uri(), wait_until="load")
+    assert page.locator("table").count() >= 2 and page.locator("th", has_text="policy").count() == 1
+    widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert widths and all(w > 100 for w in widths), widths  # every figure decodes
+    assert "**" not in page.inner_text("body")
+    _screenshot(page, "report-html.png")

@@ -251,7 +251,7 @@ def _export_checkpoint(job: _Job, done: int) -> None:
 
 
 def _loop(job: _Job, start: int) -> list[dict[str, float]]:
-    from tqdm.auto import tqdm
+    from w2s.progress import bar as progress_bar
 
     ds_engine, data, weights, ref, cfg, engine_cfg = job.ds_engine, job.data, job.weights, job.ref, job.cfg, job.engine_cfg
     objective, tokenizer, total, seed, run, on_step = job.objective, job.tokenizer, job.total, job.seed, job.run, job.on_step
@@ -260,7 +260,7 @@ def _loop(job: _Job, start: int) -> list[dict[str, float]]:
     norm = _normalisation(cfg)
     beta = getattr(cfg, "beta", None)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=total, initial=start, desc=f"train {objective}", unit="step",
+    bar = progress_bar(total=total, initial=start, desc=f"train {objective}", unit="step",
                disable=not job.progress or eng.rank() != 0, dynamic_ncols=True)
     own_clip = eng.trainer_clips(ds_engine.config)  # the dict deepspeed_config built
     trainable = [p for p in ds_engine.module.parameters() if p.requires_grad]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -30,7 +31,10 @@ from w2s import faults
 from w2s.artifacts import ArtifactRef, local_path_of, store_for
 from w2s.config import OffloadConfig, OrchestrationConfig, PipelineConfig, RetryConfig
 from w2s.config.base import json_finite
+from w2s.console import STAGES_LOGGER
 from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcomes, forced, log_cached, planned_key, use_runner
+from w2s.orchestration.ui import progress_listener, project_logs_in_the_run, publish_report, publish_run
+from w2s.progress import listening
 from w2s.tracking import RunContext
 
 RECORD_PREFIX = "w2s"
@@ -146,7 +150,7 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         retries=retry.retries,
         retry_delay_seconds=retry_delays(retry),
     )
-    with collect_outcomes() as outcomes, planned_key(declared.name, key):
+    with collect_outcomes() as outcomes, planned_key(declared.name, key), listening(progress_listener(declared.name)):
         state = configured(ctx, cfg, return_state=True, **inputs)
         state.result()  # raises the stage's error
     wall = time.perf_counter() - started
@@ -161,6 +165,8 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs)))
     if ref is None:
         raise RuntimeError(f"{declared.name}: computed {key} but it fails verification in {ctx.artifact_root}")
+    if declared.shows and ctx.flow_run_id:
+        publish_report(declared.name, ref, declared.shows, ctx)
     return ref
 
 
@@ -168,6 +174,7 @@ def _report(declared: Stage, row: StageRow) -> None:
     pipeline = _pipeline.get()
     if pipeline is not None:
         pipeline.rows.append(row)
+        logging.getLogger(STAGES_LOGGER).info("%-24s %-6s %7.1fs", row.stage, row.cache, row.wall_s)
         if pipeline.until == declared.name:
             raise UntilReached(declared.name)
 
@@ -221,7 +228,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     state = PipelineState(ctx=ctx, until=until)
     token = _pipeline.set(state)
     try:
-        with use_runner(run_as_task):
+        with use_runner(run_as_task), project_logs_in_the_run():
             yield state
     except UntilReached:
         end_flow_run(ctx, "FINISHED")
@@ -232,6 +239,8 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
         end_flow_run(ctx, "FINISHED")
     finally:
         _pipeline.reset(token)
+        if flow_run_id:
+            publish_run(state.rows, ctx)
 
 
 def _prefect_flow_run() -> tuple[str | None, str | None]:
@@ -261,8 +270,6 @@ def embedded_default() -> PipelineConfig:
     try:
         return load_config(EMBEDDED_DEFAULT)
     except ConfigError as exc:  # a broken repo default must not break `w2s run --config other.yaml`
-        import logging
-
         logging.getLogger(__name__).warning("the flow's default form falls back to the schema defaults: %s", exc)
         return PipelineConfig()
 
