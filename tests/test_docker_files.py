@@ -190,3 +190,23 @@ def test_gpu_pool_template_declares_what_deployments_set_and_asks_for_gpus():
         assert _deployment(name)["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
     schedule = _deployment("eve-gpu")["schedules"][0]
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on a bad cron / zone
+
+
+def test_the_failure_automation_is_a_valid_prefect_automation_for_gpu_runs():
+    import uuid
+
+    import yaml
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
+
+    block = uuid.uuid4()
+    text = (REPO / "deployments" / "automations.yaml").read_text()
+    assert "${W2S_ALERT_BLOCK_ID}" in text
+    text = text.replace("${W2S_ALERT_BLOCK_ID}", str(block))  # what envsubst does
+    (spec,) = yaml.safe_load(text)["automations"]
+    automation = AutomationCore.model_validate(spec)
+    assert isinstance(automation.trigger, EventTrigger) and isinstance(automation.actions[0], SendNotification)
+    assert automation.actions[0].block_document_id == block
+    assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    gpu = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
+    assert all("gpu" in d["tags"] for d in gpu if d["work_pool"]["name"] == "gpu")  # what the trigger matches

@@ -106,7 +106,9 @@ class ShardWeighter:
             raise WeightsInputError(f"weights.beta_over_lambda must be > 0, got {beta_over_lambda}")
         self.beta_over_lambda = beta_over_lambda
         self.stats = WeightStats()
-        self._seen_hashes = np.zeros(0, dtype=np.int64)  # sorted hashes of every prompt_id so far
+        # hashes of every prompt_id so far, as sorted runs of sizes that at least halve down the
+        # list (a binary counter): adding a shard merges O(log n) runs, a lookup searches each
+        self._seen_runs: list[np.ndarray] = []
         self._per_shard: list[tuple[str, np.ndarray]] = []
 
     def process(self, table: pa.Table, shard: str) -> tuple[pa.Table, pa.Table]:
@@ -136,8 +138,7 @@ class ShardWeighter:
 
     def _check_not_split(self, names: list[str], shard: str) -> None:
         hashes = np.sort(np.fromiter((hash(n) for n in names), dtype=np.int64, count=len(names)))
-        seen = self._seen_hashes
-        if len(seen):
+        for seen in self._seen_runs:
             at = np.minimum(np.searchsorted(seen, hashes), len(seen) - 1)
             clash = seen[at] == hashes
             if clash.any():
@@ -145,8 +146,13 @@ class ShardWeighter:
                 name = next(n for n in names if hash(n) == wanted)
                 owner = next(name for name, held in self._per_shard if held[min(np.searchsorted(held, wanted), len(held) - 1)] == wanted)
                 raise WeightsInputError(f"{shard}: rows of prompt_id {name!r} are split across shards (also in {owner})")
-        # merging two sorted runs: mergesort is linear here, so the check stays O(rows) overall
-        self._seen_hashes = np.sort(np.concatenate([seen, hashes]), kind="mergesort")
+        runs = self._seen_runs
+        runs.append(hashes)
+        while len(runs) > 1 and len(runs[-1]) * 2 > len(runs[-2]):
+            # two sorted runs: the stable sort (timsort) merges them in linear time; each hash
+            # takes part in O(log n) merges, so the whole check is O(n log n), not O(n · shards)
+            top = runs.pop()
+            runs[-1] = np.sort(np.concatenate([runs[-1], top]), kind="stable")
         self._per_shard.append((shard, hashes))  # only to name the other shard in an error
 
     def _diagnose(self, weights: np.ndarray, codes: np.ndarray, sizes: np.ndarray, names: list[str]) -> pa.Table:

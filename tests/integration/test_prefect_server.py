@@ -358,7 +358,8 @@ def test_the_flow_run_shows_the_report_stage_table_progress_mlflow_link_and_proj
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{whole_run['id']}'")
     parent = next(r for r in runs if "w2s.stage" not in r.data.tags)
     link = found["mlflow-run"]
-    assert link["type"] == "link" and link["data"] == f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    # Prefect stores a link artifact as markdown: [text](url)
+    assert link["data"] == f"[MLflow parent run]({stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id})"
     # progress artifacts of the long stages the cold run computed, ending at 100 %
     cold = {a["key"]: a for a in _artifacts(stack, first["id"]) if a["key"]}
     for key in ("progress-sampling", "progress-scoring", "progress-weak-sft", "progress-student"):
@@ -422,9 +423,11 @@ def test_screenshots_of_the_artifacts_tab_the_mlflow_run_and_the_report(stack, w
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{whole_run['id']}'")
     report_run = next(r for r in runs if r.data.tags.get("w2s.stage") == "report")
-    page.goto(f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{report_run.info.run_id}", wait_until="networkidle",
+    # MLflow's UI keeps polling, so the page never goes network-idle: wait for what it renders
+    page.goto(f"{stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{report_run.info.run_id}", wait_until="load",
               timeout=120_000)
-    page.wait_for_selector("text=report", timeout=60_000)
+    page.wait_for_selector(f"text={report_run.info.run_id}", timeout=60_000)
+    page.wait_for_timeout(2_000)
     _screenshot(page, "mlflow-run.png")
 
     page.goto(Path(report_run.data.tags["w2s.uri"], "report.html").as_uri(), wait_until="load")
