@@ -58,9 +58,22 @@ def main() -> None:
         rss_start = process.memory_info().rss
         rss_peak = rss_start
         weighter = ShardWeighter(1.0)
+        check_s = [0.0]
+        check = weighter._check_not_split
+
+        def timed_check(names, shard):
+            started = time.perf_counter()
+            check(names, shard)
+            check_s[0] += time.perf_counter() - started
+
+        weighter._check_not_split = timed_check
+        core_s = 0.0
         t0 = time.perf_counter()
         for path in paths:
-            table, diagnostics = weighter.process(pq.read_table(path), path.name)
+            table = pq.read_table(path)
+            started = time.perf_counter()
+            table, diagnostics = weighter.process(table, path.name)
+            core_s += time.perf_counter() - started
             pq.write_table(table, folder / f"out-{path.name}")
             pq.write_table(diagnostics, folder / f"diag-{path.name}")
             rss_peak = max(rss_peak, process.memory_info().rss)
@@ -68,6 +81,8 @@ def main() -> None:
         print(f"streamed: {streamed:.2f}s for {weighter.stats.rows:,} rows "
               f"({weighter.stats.rows / streamed / 1e6:.2f} M rows/s), peak RSS {rss_peak / 2**30:.2f} GiB "
               f"(+{(rss_peak - rss_start) / 2**20:.0f} MiB over start); ESS mean {weighter.stats.metrics()['ess_mean']:.3f}")
+        print(f"  of which weights core {core_s:.2f}s (split-across-shards check {check_s[0]:.2f}s), "
+              f"Parquet read/write {streamed - core_s:.2f}s over {len(paths)} shards ({1e3 * (streamed - core_s) / len(paths):.2f} ms/shard)")
         t0 = time.perf_counter()
         whole = pa.concat_tables(pq.read_table(p) for p in paths)
         ShardWeighter(1.0).process(whole, "all")

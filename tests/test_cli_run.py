@@ -22,6 +22,11 @@ def test_run_twice_second_is_fully_cached(tmp_path):
     first = _w2s("run", "--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "data" in first.stdout and " miss " in first.stdout
+    # a quiet console: a line per stage, the bars, the table; the libraries' output is in the log file
+    console = (first.stdout + first.stderr).splitlines()
+    assert len(console) < 100, "\n".join(console)
+    log = next(line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("log: "))
+    assert "Finished in state Completed" in open(log).read() and "Finished in state" not in first.stderr
     second = _w2s("run", "--config", str(config), cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     from flows.stages import STAGES
