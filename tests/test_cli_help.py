@@ -12,7 +12,28 @@ import pytest
 from tests.conftest import REPO
 
 W2S = [sys.executable, "-m", "w2s.cli"]
-SUBCOMMANDS = ["run", "config", "config show", "config validate", "stages", "baselines", "sweep", "report", "classification", "theory"]
+
+
+def _subcommands(parser, prefix: str = "") -> list[str]:
+    """Every subcommand the parser knows, nested ones included (read from the parser itself)."""
+    import argparse
+
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [f"{prefix}{name}", *_subcommands(sub, f"{prefix}{name} ")]
+    return found
+
+
+def _all_subcommands() -> list[str]:
+    from w2s.cli import build_parser
+
+    return _subcommands(build_parser())
+
+
+SUBCOMMANDS = _all_subcommands()
+assert {"run", "plan", "train", "config show", "report"} <= set(SUBCOMMANDS)
 
 
 @pytest.mark.parametrize("command", ["", *SUBCOMMANDS])
