@@ -13,12 +13,14 @@ bytes that do not exist yet.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from w2s.artifacts import MANIFEST, ArtifactRef, Manifest, store_for
+from w2s.artifacts import ArtifactRef, Manifest, canonical_json, is_hidden, store_for
 from w2s.stage import Stage, artifact_inputs, config_slice, input_digests
+from w2s.tracking import flatten
 
 PENDING = "pending://"
 
@@ -31,15 +33,6 @@ class PlannedStage:
     uri: str = ""
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out |= flatten(item, f"{prefix}{key}.")
-        return out or {prefix.rstrip("."): {}}
-    return {prefix.rstrip("."): value}
-
-
 def differences(version: int, config: Mapping[str, Any], inputs: Mapping[str, str], manifest: Manifest) -> list[str]:
     """What separates a wanted key's parts from an existing artifact's, in words."""
     found = []
@@ -48,7 +41,7 @@ def differences(version: int, config: Mapping[str, Any], inputs: Mapping[str, st
     old, new = flatten(manifest.config), flatten(_jsonable(config))
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
-            found.append(f"config {key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
+            found.append(f"config {key}: {old.get(key, '<absent>')} → {new.get(key, '<absent>')}")
     for name in sorted(set(manifest.inputs) | set(inputs)):
         if manifest.inputs.get(name) != inputs.get(name):
             found.append(f"input {name} changed")
@@ -57,10 +50,6 @@ def differences(version: int, config: Mapping[str, Any], inputs: Mapping[str, st
 
 def _jsonable(config: Mapping[str, Any]) -> Any:
     # a manifest's config went through JSON: tuples became lists, so compare like with like
-    import json
-
-    from w2s.artifacts import canonical_json
-
     return json.loads(canonical_json(dict(config)))
 
 
@@ -71,8 +60,8 @@ def existing_manifests(root: str, stage: str) -> list[Manifest]:
         keys = [path.rstrip("/").rsplit("/", 1)[-1] for path in store.fs.ls(base, detail=False)]
     except FileNotFoundError:
         return []
-    manifests = [m for key in keys if store.fs.exists(store.remote_path(stage, key, MANIFEST))
-                 and (m := store.read_manifest(stage, key)) is not None]
+    # hidden entries (.locks/) are no artifacts; a folder without a manifest reads as None
+    manifests = [m for key in keys if not is_hidden(key) and (m := store.read_manifest(stage, key)) is not None]
     return sorted(manifests, key=lambda m: m.created_at, reverse=True)
 
 

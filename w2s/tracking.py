@@ -101,12 +101,11 @@ def start_flow_run(ctx: RunContext, flow_name: str, params: Mapping[str, Any], t
     return ctx.model_copy(update={"parent_run_id": run.info.run_id})
 
 
-def run_url(ctx: RunContext, run_id: str | None = None) -> str | None:
-    """The MLflow UI page of a run (the flow's parent run by default) when MLflow is a server."""
-    run_id = run_id or ctx.parent_run_id
-    if not run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
+def run_url(ctx: RunContext) -> str | None:
+    """The MLflow UI page of the flow's parent run when MLflow is a server."""
+    if not ctx.parent_run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{run_id}"
+    return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}"
 
 
 def end_flow_run(ctx: RunContext, status: str = "FINISHED") -> None:
