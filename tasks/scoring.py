@@ -46,7 +46,7 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
         for j, row in enumerate(groups_rows[key]):
             for m in range(len(models)):
                 logp[m][row] = scores[m][gi][j]
-            n_tokens[row] = len(groups[gi].completion_ids[j])
+            n_tokens[row] = groups[gi].scored_tokens(j)
             truncated[row] = groups[gi].truncated[j]
     return (table.append_column("logp_weak", pa.array(logp[0], pa.float64()))
             .append_column("logp_weak_ref", pa.array(logp[1], pa.float64()))
@@ -54,7 +54,8 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
             .append_column("truncated", pa.array(truncated, pa.bool_())))
 
 
-@stage(version=2, reads=lambda config: config.scoring.resolved())  # 2: EOS scored for completions that stopped
+# 2: EOS scored for completions that stopped; 3: each row summed from its own boundary (w2s/text.py)
+@stage(version=3, reads=lambda config: config.scoring.resolved())
 def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from w2s.text import completion_start
+
 
 @dataclass
 class ScoredGroup:
@@ -39,16 +41,19 @@ class ScoredGroup:
     prompt_ids: list[int]
     completion_ids: list[list[int]]
     truncated: list[bool]
+    # Leading tokens of completion_ids[k] that are row k's own prompt tokens: fed (the shared prefix
+    # ends where the shortest common prefix of the K rows ends) but not summed, so each row's score
+    # starts at its own boundary (w2s/text.py), the one training masks at.
+    context: list[int] | None = None
+
+    def scored_tokens(self, k: int) -> int:
+        return len(self.completion_ids[k]) - (self.context[k] if self.context else 0)
 
 
 def split_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     full_ids = tokenizer(prompt + completion, add_special_tokens=True)["input_ids"]
-    common = 0
-    for a, b in zip(prompt_ids, full_ids):
-        if a != b:
-            break
-        common += 1
+    common = completion_start(prompt_ids, full_ids)
     return full_ids[:common], full_ids[common:]
 
 
@@ -59,6 +64,7 @@ def tokenise_group(tokenizer, prompt: str, completions: list[str], max_length: i
     prompt_ids = splits[0][0][:shared]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     completion_ids = [p[shared:] + c + (eos if ended and ended[i] else []) for i, (p, c) in enumerate(splits)]
+    context = [len(p) - shared for p, _ in splits]
     longest = max((len(c) for c in completion_ids), default=0)
     truncated = [False] * len(completions)
     if shared + longest > max_length:
@@ -68,7 +74,8 @@ def tokenise_group(tokenizer, prompt: str, completions: list[str], max_length: i
         room = max_length - len(prompt_ids)
         truncated = [len(prompt_ids) < shared or len(c) > room for c in completion_ids]
         completion_ids = [c[:room] for c in completion_ids]
-    return ScoredGroup(prompt_ids, completion_ids, truncated)
+        context = [min(n, len(c)) for n, c in zip(context, completion_ids)]
+    return ScoredGroup(prompt_ids, completion_ids, truncated, context)
 
 
 PACK_TOKENS = 2048  # most tokens in one packed sequence: bounds its L×L mask; more completions start a new pack
@@ -144,7 +151,7 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long)
     segment = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, s ≥ 1 the s-th completion, -1 padding
-    source, target, owner = [], [], []  # flat position predicting each scored token, the token, its row
+    source, target, owner, counted = [], [], [], []  # flat position predicting each token, the token, its row, summed?
     row = 0
     for b, pack in enumerate(packs):
         g = groups[pack.group]
@@ -156,6 +163,8 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
                 source += [b * width + prompt_len - 1] + list(range(b * width + len(seq), b * width + len(seq) + len(c) - 1))
                 target += c
                 owner += [row] * len(c)
+                skip = g.context[k] if g.context else 0
+                counted += [False] * skip + [True] * (len(c) - skip)
                 seq += c[:-1]
                 seg += [s] * (len(c) - 1)
                 pos += range(prompt_len, prompt_len + len(c) - 1)
@@ -169,6 +178,7 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
     # Each distinct predicting position goes through the LM head once (the prompt's last one serves all K).
     where, slot = torch.unique(torch.tensor(source, dtype=torch.long), return_inverse=True)
     target_t, owner_t = torch.tensor(target, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
+    counted_t = torch.tensor(counted, dtype=torch.float64)
     results = []
     for model in models:
         _check_plain_head(model)
@@ -183,7 +193,7 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
             logp = head(hidden[lo : lo + HEAD_CHUNK]).float().log_softmax(-1)  # rounds as a per-sample pass does
             picked = ((slot >= lo) & (slot < lo + HEAD_CHUNK)).nonzero().squeeze(1)
             token_logp[picked] = logp[(slot[picked] - lo).to(device), target_t[picked].to(device)].cpu()
-        sums = torch.zeros(row, dtype=torch.float64).index_add_(0, owner_t, token_logp.double())
+        sums = torch.zeros(row, dtype=torch.float64).index_add_(0, owner_t, token_logp.double() * counted_t)
         results.append(sums.tolist())
     return results
 
@@ -203,7 +213,7 @@ def score_one(model, tokenizer, prompt: str, completion: str, max_length: int, e
     logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
     targets = ids[0, 1:]
     token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return float(token_logp[len(group.prompt_ids) - 1 :].sum())
+    return float(token_logp[len(group.prompt_ids) - 1 + group.context[0] :].sum())
 
 
 def score_rows(model_dir, prompts: list[str], completions: list[str], ended: list[bool], batch_tokens: int = 4096,

@@ -29,6 +29,9 @@ class TrainingSlice(BaseModel):
     train: StudentConfig | DPOConfig | TrainConfig
     engine: TrainingEngineConfig
     seed: int
+    # The trainer's own version, in every training stage's key: bump when w2s/training changes what
+    # a model learns. 2: the completion starts at the longest common prefix (w2s/text.py), as in scoring.
+    trainer: int = 2
 
 
 def training_slice(section: TrainConfig, config) -> TrainingSlice:

@@ -68,6 +68,9 @@ class HFDataConfig(HFSource):
     prompt_column: str = "prompt"
     chosen_column: str = "chosen"
     rejected_column: str = "rejected"
+    text_format: Literal["tldr", "verbatim"] = Field(
+        "tldr", description="tldr: prompts end with '\\nTL;DR:', completions start with one space and lose a leading "
+        "'TL;DR:' (the CarperAI comparisons schema; w2s/text.py); verbatim: the columns as they are.")
 
 
 class DataConfig(Section):

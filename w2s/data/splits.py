@@ -18,6 +18,7 @@ import pyarrow as pa
 from w2s.config import DataConfig
 from w2s.data.synthetic import candidate_summary, make_post, sigmoid
 from w2s.rewards import summary_facts_reward
+from w2s.text import tldr_completion, tldr_prompt
 
 PROMPT_SPLITS = ("weak_demo", "exemplar", "student", "test")
 PREFERENCE_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "meta")
@@ -78,7 +79,8 @@ def synthetic_tables(cfg: DataConfig) -> dict[str, pa.Table]:
 
 
 def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
-    """Real preference data (prompt/chosen/rejected, TL;DR style) through `datasets`."""
+    """Real preference data (prompt/chosen/rejected, TL;DR style) through `datasets`, put in the text
+    contract's shape (w2s/text.py) before anything else sees it."""
     import datasets
 
     spec = cfg.hf
@@ -94,6 +96,10 @@ def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
         if bad:
             raise ValueError(f"data.hf: {spec.path!r} row {index}: {bad} must be non-empty text "
                              f"(got {[row[c] for c in bad]!r:.200})")
+        if spec.text_format == "tldr":  # the one place text is put in shape (w2s/text.py)
+            row[spec.prompt_column] = tldr_prompt(row[spec.prompt_column])
+            row[spec.chosen_column] = tldr_completion(row[spec.chosen_column])
+            row[spec.rejected_column] = tldr_completion(row[spec.rejected_column])
     prompts = list(dict.fromkeys(row[spec.prompt_column] for row in rows))
     random.Random(cfg.seed).shuffle(prompts)
     sizes = split_sizes(cfg)

@@ -14,21 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-TLDR = "TL;DR:"
+from w2s.text import tldr_completion, tldr_prompt
+
 SEPARATOR = "\n\n"
 Template = Literal["tldr", "instruction"]
 
 
-def _tldr_prompt(prompt: str) -> str:
-    # The embedded task's prompts already end in "\nTL;DR:"; real data may not.
-    body = prompt.rstrip()
-    return body if body.endswith(TLDR) else f"{body}\n{TLDR}"
-
-
-def _response(text: str) -> str:
-    # Completions start with a space after "TL;DR:"; a demonstration must look the same.
-    text = text.strip()
-    return f" {text}"
+# The data's x and y are canonical already (w2s/text.py); applying the same functions again is a
+# no-op there and keeps a prompt built from other text (a test, `w2s train`) in the same shape.
+_tldr_prompt, _response = tldr_prompt, tldr_completion
 
 
 def fewshot_prefix(template: Template, exemplars: Sequence[tuple[str, str]]) -> str:

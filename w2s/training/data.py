@@ -5,9 +5,10 @@ Two table shapes:
       optional `finish_reason` (a completion cut at max_tokens gets no EOS appended);
   pair (dpo): `prompt`, `chosen`, `rejected`.
 
-Each text is tokenised twice, the prompt alone and prompt+completion; the first len(prompt) tokens
-of the joint sequence are masked out of the loss (label -100), so a BPE merge across the boundary
-cannot leak a prompt token into the completion's log-prob. Every problem in the input (missing
+Each text is tokenised twice, the prompt alone and prompt+completion; the joint sequence's tokens up
+to its longest common prefix with the prompt's are masked out of the loss (label -100) — the same
+boundary scoring uses (w2s/text.py), so a BPE merge across the boundary is a completion token in
+both and the student learns exactly the tokens whose log-prob the teacher scored. Every problem in the input (missing
 columns, empty data, null/empty text, NaN/negative/all-zero weights, overlong rows under
 on_overlong='error') raises `DataError` naming the shard and row, before any training starts.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from w2s.config import TrainConfig
+from w2s.text import completion_start
 
 COMPLETION_COLUMNS = ("prompt", "completion")
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -127,7 +129,7 @@ def _tokenise(tokenizer, prompts: list[str], completions: list[str], eos: list[b
     seqs = []
     for p, f, add_eos in zip(prompt_ids, full_ids, eos):
         ids = list(f) + ([eos_id] if add_eos and eos_id is not None else [])
-        seqs.append(Tokenised(ids=ids, n_prompt=len(p)))
+        seqs.append(Tokenised(ids=ids, n_prompt=completion_start(p, f)))
     return seqs
 
 
