@@ -162,6 +162,10 @@ class TrainConfig(Section):
 
     learning_rate: float = Field(1e-6, gt=0, allow_inf_nan=False)
     warmup_steps: int = Field(150, ge=0)
+    max_warmup_fraction: Fraction = Field(
+        0.5, description="Warm-up takes at most this fraction of the stage's own optimiser steps, so every stage "
+        "reaches its peak lr and decays: the paper's 150 steps exceed whole baseline runs at its data sizes "
+        "(issue #16, E3). 1.0 keeps warmup_steps as given.")
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
     batch_size: PositiveInt = Field(128, description="Sequences per optimiser step (global).")
     micro_batch_size: PositiveInt = Field(8, description="Sequences per forward pass per device.")

@@ -123,9 +123,14 @@ def trainer_clips(ds: dict) -> bool:
     return ds["zero_optimization"].get("stage", 0) == 0 and not ds["bf16"]["enabled"]
 
 
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """`warmup_steps`, capped at `max_warmup_fraction` of the run (the peak is always reached)."""
+    return min(cfg.warmup_steps, int(cfg.max_warmup_fraction * total_steps))
+
+
 def lr_lambda(cfg: TrainConfig, total_steps: int):
-    """Linear warmup to the peak over `warmup_steps`, then cosine to 0 at `total_steps` (or constant)."""
-    warmup = cfg.warmup_steps
+    """Linear warmup to the peak over the capped warm-up, then cosine to 0 at `total_steps` (or constant)."""
+    warmup = warmup_steps(cfg, total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:

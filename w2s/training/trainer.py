@@ -152,7 +152,8 @@ def train(
     torch.manual_seed(seed)  # LoRA init and any dropout
     model = eng.prepare_model(model, cfg, engine)
     ds_engine, _ = eng.initialize(model, cfg, engine, total)
-    meta = {"objective": objective, "seed": seed, "total_steps": total, "rows": len(data),
+    meta = {"objective": objective, "seed": seed, "total_steps": total, "warmup_steps": eng.warmup_steps(cfg, total),
+            "rows": len(data),
             "zero_stage": engine.zero_stage, "world_size": eng.world_size(),
             "config": json.loads(cfg.model_dump_json())}
     start, pointer = 0, eng.read_resume(resume_path, resume_pieces)
