@@ -44,10 +44,10 @@ class ScoredGroup:
     # Leading tokens of completion_ids[k] that are row k's own prompt tokens: fed (the shared prefix
     # ends where the shortest common prefix of the K rows ends) but not summed, so each row's score
     # starts at its own boundary (w2s/text.py), the one training masks at.
-    context: list[int] | None = None
+    context: list[int]
 
     def scored_tokens(self, k: int) -> int:
-        return len(self.completion_ids[k]) - (self.context[k] if self.context else 0)
+        return len(self.completion_ids[k]) - self.context[k]
 
 
 def split_completion(tokenizer, prompt: str, completion: str) -> tuple[list[int], list[int]]:
@@ -151,7 +151,7 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     positions = torch.zeros((n, width), dtype=torch.long)
     segment = torch.full((n, width), -1, dtype=torch.long)  # 0 prompt, s ≥ 1 the s-th completion, -1 padding
-    source, target, owner, counted = [], [], [], []  # flat position predicting each token, the token, its row, summed?
+    source, target, owner = [], [], []  # flat position predicting each scored token, the token, its row
     row = 0
     for b, pack in enumerate(packs):
         g = groups[pack.group]
@@ -160,11 +160,11 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
         for s, k in enumerate(pack.rows, start=1):
             c = g.completion_ids[k]
             if c:  # token 0 is predicted by the prompt's last position, token t by fed token t - 1
-                source += [b * width + prompt_len - 1] + list(range(b * width + len(seq), b * width + len(seq) + len(c) - 1))
-                target += c
-                owner += [row] * len(c)
-                skip = g.context[k] if g.context else 0
-                counted += [False] * skip + [True] * (len(c) - skip)
+                predicting = [b * width + prompt_len - 1] + list(range(b * width + len(seq), b * width + len(seq) + len(c) - 1))
+                skip = g.context[k]  # the row's own prompt tokens: fed below, never scored
+                source += predicting[skip:]
+                target += c[skip:]
+                owner += [row] * (len(c) - skip)
                 seq += c[:-1]
                 seg += [s] * (len(c) - 1)
                 pos += range(prompt_len, prompt_len + len(c) - 1)
@@ -178,7 +178,6 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
     # Each distinct predicting position goes through the LM head once (the prompt's last one serves all K).
     where, slot = torch.unique(torch.tensor(source, dtype=torch.long), return_inverse=True)
     target_t, owner_t = torch.tensor(target, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
-    counted_t = torch.tensor(counted, dtype=torch.float64)
     results = []
     for model in models:
         _check_plain_head(model)
@@ -193,7 +192,7 @@ def score_packs(models: list, groups: list[ScoredGroup], packs: list[Pack], pad_
             logp = head(hidden[lo : lo + HEAD_CHUNK]).float().log_softmax(-1)  # rounds as a per-sample pass does
             picked = ((slot >= lo) & (slot < lo + HEAD_CHUNK)).nonzero().squeeze(1)
             token_logp[picked] = logp[(slot[picked] - lo).to(device), target_t[picked].to(device)].cpu()
-        sums = torch.zeros(row, dtype=torch.float64).index_add_(0, owner_t, token_logp.double() * counted_t)
+        sums = torch.zeros(row, dtype=torch.float64).index_add_(0, owner_t, token_logp.double())
         results.append(sums.tolist())
     return results
 

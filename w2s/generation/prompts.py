@@ -20,27 +20,25 @@ SEPARATOR = "\n\n"
 Template = Literal["tldr", "instruction"]
 
 
-# The data's x and y are canonical already (w2s/text.py); applying the same functions again is a
-# no-op there and keeps a prompt built from other text (a test, `w2s train`) in the same shape.
-_tldr_prompt, _response = tldr_prompt, tldr_completion
-
 
 def fewshot_prefix(template: Template, exemplars: Sequence[tuple[str, str]]) -> str:
-    """The shared part of every prompt: the demonstrations, each followed by the separator."""
+    """The shared part of every prompt: the demonstrations, each followed by the separator. The
+    data's x and y are canonical already (w2s/text.py), where these functions change nothing; text
+    from elsewhere (a test, `w2s train`) is put in the same shape."""
     parts = []
     for prompt, response in exemplars:
         if not response.strip():
             raise ValueError("a few-shot exemplar has an empty response")
         if template == "tldr":
-            parts.append(f"{_tldr_prompt(prompt)}{_response(response)}{SEPARATOR}")
+            parts.append(f"{tldr_prompt(prompt)}{tldr_completion(response)}{SEPARATOR}")
         else:
-            parts.append(f"User: {prompt.strip()}\nAssistant:{_response(response)}{SEPARATOR}")
+            parts.append(f"User: {prompt.strip()}\nAssistant:{tldr_completion(response)}{SEPARATOR}")
     return "".join(parts)
 
 
 def fewshot_prompt(template: Template, exemplars: Sequence[tuple[str, str]], prompt: str) -> str:
     if template == "tldr":
-        query = _tldr_prompt(prompt)
+        query = tldr_prompt(prompt)
     elif template == "instruction":
         query = f"User: {prompt.strip()}\nAssistant:"
     else:
@@ -51,6 +49,6 @@ def fewshot_prompt(template: Template, exemplars: Sequence[tuple[str, str]], pro
 def refinement_prompt(prompt: str, weak_response: str) -> str:
     """§9.6: ask the strong model to rewrite the weak teacher's answer."""
     return (
-        f"User: {prompt.strip()}\nWeak Assistant:{_response(weak_response)}\n"
+        f"User: {prompt.strip()}\nWeak Assistant:{tldr_completion(weak_response)}\n"
         "Can you make the response more helpful and coherent?\nStrong Assistant:"
     )

@@ -152,8 +152,7 @@ def train(
     torch.manual_seed(seed)  # LoRA init and any dropout
     model = eng.prepare_model(model, cfg, engine)
     ds_engine, _ = eng.initialize(model, cfg, engine, total)
-    meta = {"objective": objective, "seed": seed, "total_steps": total, "warmup_steps": eng.warmup_steps(cfg, total),
-            "rows": len(data),
+    meta = {"objective": objective, "seed": seed, "total_steps": total, "rows": len(data),
             "zero_stage": engine.zero_stage, "world_size": eng.world_size(),
             "config": json.loads(cfg.model_dump_json())}
     start, pointer = 0, eng.read_resume(resume_path, resume_pieces)
@@ -199,6 +198,7 @@ def train(
     summary = {f"final_{k}": v for k, v in (history[-1] if history else {}).items()}
     summary.update({f"data_{k}": v for k, v in data.stats.items()})
     summary["world_size"] = float(eng.world_size())
+    summary["warmup_steps"] = float(eng.warmup_steps(cfg, total))  # after the cap: what the schedule used
     if history:
         summary["mean_tokens_per_s"] = sum(h["tokens_per_s"] for h in history) / len(history)
     result = TrainResult(str(out_dir / "model"), checkpoints, summary, total, start or None, history)
