@@ -1,6 +1,8 @@
 """Stage `evaluate_<policy>` (paper §5, §9.3, §9.5): a policy answers the test prompts, the gold
 reward scores the answers → P(π); for policies trained from the strong base, the k3 estimate of
-KL(π_θ‖π_ref_strong) from the same samples. Intermediate checkpoints of a training artifact are
+KL(π_θ‖π_ref_strong) from the same samples, each scored as it was drawn (y + the stop string it
+stopped on, or y + EOS; Record.sampled), since k3 is unbiased only for the sample's own log-prob. The
+gold reward sees y alone. Intermediate checkpoints of a training artifact are
 evaluated too (PGR over training, figure 3).
 
 Every policy draws its answer to a prompt with the same seed (derive_seed(run seed, "eval:" + id)),
@@ -26,7 +28,7 @@ from w2s.stage import REGISTRY, Body, Stage, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 
-VERSION = 1
+VERSION = 2  # v2: k3 scores y + its stop string, not y + EOS
 TABLE = "evaluation_samples.json"
 
 
@@ -76,21 +78,22 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             answers = answer_each(cfg.engine, point["path"], cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
             records = [answers[pid] for pid in ids]
             responses = [r.completion for r in records]
-            ended = [r.finish_reason == "stop" for r in records]
+            drawn, ended = (list(c) for c in zip(*(r.sampled() for r in records)))
             gold = reward.score(prompts, responses, metas)
             columns = {
                 "checkpoint": [point["name"]] * len(ids), "step": pa.array([point["step"]] * len(ids), pa.int64()),
                 "fraction": pa.array([point["fraction"]] * len(ids), pa.float64()), "prompt_id": ids, "prompt": prompts,
                 "response": responses, "n_tokens": pa.array([r.n_tokens for r in records], pa.int32()),
-                "finish_reason": [r.finish_reason for r in records], "gold_reward": pa.array(gold, pa.float64()),
+                "finish_reason": [r.finish_reason for r in records], "stop_string": [r.stop_string for r in records],
+                "gold_reward": pa.array(gold, pa.float64()),
             }
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
                 batch = cfg.evaluation.score_batch_tokens
                 precision = cfg.evaluation.score_precision
-                logp = np.array(score_rows(point["path"], prompts, responses, ended, batch, f"{writer.stage} {point['name']}", precision))
-                logp_ref = np.array(score_rows(ref_path, prompts, responses, ended, batch, f"{kl_ref.stage} (KL reference)", precision))
+                logp = np.array(score_rows(point["path"], prompts, drawn, ended, batch, f"{writer.stage} {point['name']}", precision))
+                logp_ref = np.array(score_rows(ref_path, prompts, drawn, ended, batch, f"{kl_ref.stage} (KL reference)", precision))
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))

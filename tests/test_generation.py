@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from w2s.config import GenerationEngineConfig, GenerationParams, SamplingConfig
-from w2s.generation import Engine, Request, derive_seed, fewshot_prefix, fewshot_prompt, generate, refinement_prompt, truncate_at_stop
+from w2s.generation import Engine, Request, derive_seed, fewshot_prefix, fewshot_prompt, generate, refinement_prompt
 from w2s.generation.vllm_backend import shared_prefix
 
 HF = GenerationEngineConfig(backend="hf", hf_batch_size=4)
@@ -41,11 +41,6 @@ def test_seeds_are_stable_and_distinct():
     assert derive_seed(0, "student-000001") == 1084396036  # pinned: changing the derivation changes every sample
     seeds = {derive_seed(s, f"p{i}") for s in range(3) for i in range(100)}
     assert len(seeds) == 300 and max(seeds) + 1000 < 2**31
-
-
-def test_truncate_at_stop_cuts_at_the_earliest_stop():
-    assert truncate_at_stop(" a b\n\nc.", ["\n\n", "."]) == (" a b", True)
-    assert truncate_at_stop(" a b", ["\n\n"]) == (" a b", False)
 
 
 # --------------------------------------------------------------------------------------- bad input

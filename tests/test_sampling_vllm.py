@@ -64,6 +64,9 @@ def test_vllm_engine_honours_stop_sequences(engine):
     assert all("e" not in r.completion and "." not in r.completion for r in result.records)
     stopped = [r for r in result.records if r.finish_reason == "stop"]
     assert stopped and all(r.n_tokens < 32 for r in stopped)
+    # vLLM names the stop string it cut at (E6: the KL scores y + that string, not y + EOS)
+    assert all(r.stop_string in ("e", ".") for r in stopped if r.stop_string) and any(r.stop_string for r in stopped)
+    assert all(r.stop_string == "" for r in result.records if r.finish_reason == "length")
     free = engine.generate(requests, GenerationParams(max_tokens=32, temperature=1.0, stop=[]))
     assert any("e" in r.completion for r in free.records)  # without the stop they do appear
 

@@ -115,7 +115,7 @@ class HFEngine:
             n, reason = eos_at + 1, "stop"
         else:
             n, reason = len(ids), "length"
-        return Record(request.request_id, idx, text, n, reason, seed)
+        return Record(request.request_id, idx, text, n, reason, seed, stopped)
 
     def close(self) -> None:
         self.model = None

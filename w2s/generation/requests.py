@@ -9,7 +9,8 @@ samples in index order.
 
 `n_tokens` counts the tokens the engine sampled for the completion, including the EOS token or the
 token that completed a stop string (vLLM's `len(token_ids)`); `completion` is the text with the
-stop string removed.
+stop string removed, and `stop_string` says which one ended it ("" for EOS or max_tokens), so
+`sampled()` gives back what the policy actually drew: y + the stop string, or y + EOS.
 """
 
 from __future__ import annotations
@@ -44,9 +45,18 @@ class Record:
     n_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens reached)
     seed: int
+    stop_string: str = ""  # the stop string that ended the sample; "" when EOS or max_tokens did
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def sampled(self) -> tuple[str, bool]:
+        """(text, ended_by_eos): the continuation the engine drew, for scoring it under the policy
+        that drew it (k3 KL needs log π of the sample itself). A sample that stopped on a stop
+        string drew those characters, not EOS; one that stopped on EOS drew EOS."""
+        if self.stop_string:
+            return self.completion + self.stop_string, False
+        return self.completion, self.finish_reason == "stop"
 
 
 def derive_seed(run_seed: int, request_id: str) -> int:
@@ -118,7 +128,11 @@ def check_requests(requests: list[Request], params: GenerationParams, tokenizer,
     return Checked(kept, {r.request_id: n for r, n in zip(requests, lengths) if r.request_id not in dropped}, [i for i, _ in over])
 
 
-def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
-    """Text before the earliest stop string (stop string excluded) and whether one occurred."""
-    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, str]:
+    """Text before the earliest stop string (stop string excluded) and that stop string ("" if none
+    occurred; of two starting at the same place, the longer, as it is the one the text contains)."""
+    found = [(i, -len(s), s) for s in stop if s and (i := text.find(s)) >= 0]
+    if not found:
+        return text, ""
+    cut, _, matched = min(found)
+    return text[:cut], matched

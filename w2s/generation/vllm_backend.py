@@ -130,7 +130,8 @@ class VLLMEngine:
             for i, s in enumerate(samples):
                 if s["finish_reason"] not in ("stop", "length"):
                     raise RuntimeError(f"vLLM finished {request.request_id}#{i} with {s['finish_reason']!r}")
-                records.append(Record(request.request_id, i, s["text"], s["n_tokens"], s["finish_reason"], request.seed + i))
+                records.append(Record(request.request_id, i, s["text"], s["n_tokens"], s["finish_reason"], request.seed + i,
+                                      s["stop_string"]))
         return records, reply["stats"]
 
     def close(self) -> None:

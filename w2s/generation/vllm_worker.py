@@ -49,7 +49,10 @@ def _generate(llm, msg: dict) -> dict:
     for out in outputs:
         samples = sorted(out.outputs, key=lambda c: c.index)
         results.append([
-            {"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason} for c in samples
+            # stop_reason: the stop string, a stop token id, or None for EOS; a stop token is EOS-like
+            {"text": c.text, "n_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+             "stop_string": c.stop_reason if isinstance(c.stop_reason, str) else ""}
+            for c in samples
         ])
     stats: dict = {"generate_s": time.perf_counter() - started}
     if before is not None and after is not None:

@@ -1,0 +1,58 @@
+"""k3 KL is computed on the sample the policy drew (E6): a sample that stopped on a stop string drew
+those characters, not EOS, so its log-prob is log π(y + stop | x); one that stopped on EOS is
+log π(y + EOS | x). Checked against log-probs summed by hand over the drawn token ids."""
+
+from __future__ import annotations
+
+import torch
+
+from w2s.config import GenerationEngineConfig, GenerationParams
+from w2s.generation import Request, derive_seed, generate, truncate_at_stop
+from w2s.generation.requests import Record
+from w2s.models.build import load_pretrained
+from w2s.scoring import score_rows
+
+HF = GenerationEngineConfig(backend="hf")
+
+
+def test_truncate_at_stop_names_the_stop_string_it_cut_at():
+    assert truncate_at_stop(" a b\n\nc.", ["\n\n", "."]) == (" a b", "\n\n")
+    assert truncate_at_stop(" a b.\n\n", ["\n\n", "."]) == (" a b", ".")
+    assert truncate_at_stop(" a\n\nb", ["\n", "\n\n"]) == (" a", "\n\n")  # same start: the longer one
+    assert truncate_at_stop(" a b", ["\n\n"]) == (" a b", "")
+
+
+def test_record_sampled_is_the_drawn_continuation():
+    assert Record("p", 0, " y", 3, "stop", 0, "\n").sampled() == (" y\n", False)
+    assert Record("p", 0, " y", 3, "stop", 0).sampled() == (" y", True)
+    assert Record("p", 0, " y", 3, "length", 0).sampled() == (" y", False)
+
+
+@torch.no_grad()
+def _by_hand(model, tokenizer, prompt: str, drawn_ids: list[int]) -> float:
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    ids = torch.tensor([prompt_ids + drawn_ids])
+    logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return float(logp[torch.arange(len(prompt_ids) - 1, ids.shape[1] - 1), ids[0, len(prompt_ids):]].sum())
+
+
+def test_kl_scores_each_sample_as_drawn(tiny_char_model_dir):
+    # A random byte-level model: five stop bytes give most samples a stop-string ending.
+    stop = [" ", "e", "a", "o", "t"]
+    requests = [Request(f"p{i}", f"POST: number {i} here\nTL;DR:", n=4, seed=derive_seed(3, f"p{i}")) for i in range(6)]
+    records = generate(requests, GenerationParams(max_tokens=20, stop=stop), HF, tiny_char_model_dir, seed=0)
+    on_stop = [r for r in records if r.stop_string]
+    assert on_stop, "no sample hit the stop string: the test proves nothing"
+    assert all(r.stop_string in stop and r.finish_reason == "stop" for r in on_stop)
+    model, tokenizer = load_pretrained(tiny_char_model_dir, dtype=torch.float32)
+    prompts = {r.request_id: r.prompt for r in requests}
+    assert any(r.finish_reason == "length" for r in records)
+    rows = [(prompts[r.request_id], *r.sampled()) for r in records]
+    scored = score_rows(tiny_char_model_dir, [p for p, _, _ in rows], [t for _, t, _ in rows], [e for _, _, e in rows])
+    for r, (prompt, text, ended), got in zip(records, rows, scored):
+        drawn = tokenizer(prompt + text)["input_ids"][len(tokenizer(prompt)["input_ids"]):]
+        drawn += [tokenizer.eos_token_id] if ended else []
+        assert abs(got - _by_hand(model, tokenizer, prompt, drawn)) < 1e-3
+        if r.stop_string:  # the old rule (y + EOS) scores a continuation that was not drawn
+            old = tokenizer(prompt + r.completion)["input_ids"][len(tokenizer(prompt)["input_ids"]):] + [tokenizer.eos_token_id]
+            assert abs(got - _by_hand(model, tokenizer, prompt, old)) > 1e-3
