@@ -22,6 +22,7 @@ from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
 from w2s.generation import answer_each, pinned_backend
+from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
 from w2s.stage import REGISTRY, Body, Stage, StageOutput, stage
@@ -70,7 +71,7 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
         test = test.slice(0, min(cfg.evaluation.n_prompts or test.num_rows, test.num_rows))
         if test.num_rows == 0:
             raise ValueError(f"{data.stage} has no test prompts")
-        reward = load_gold_reward(cfg.gold_reward)
+        reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         ids, prompts, metas = (test.column(c).to_pylist() for c in ("prompt_id", "prompt", "meta"))
         ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
         tables, metrics = [], {}
@@ -91,9 +92,9 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             metrics[f"{prefix}gold_reward"] = performance(gold)
             if ref_path is not None:
                 batch = cfg.evaluation.score_batch_tokens
-                precision = cfg.evaluation.score_precision
-                logp = np.array(score_rows(point["path"], prompts, drawn, ended, batch, f"{writer.stage} {point['name']}", precision))
-                logp_ref = np.array(score_rows(ref_path, prompts, drawn, ended, batch, f"{kl_ref.stage} (KL reference)", precision))
+                precision, device = cfg.evaluation.score_precision, torch_device(ctx.device)
+                logp = np.array(score_rows(point["path"], prompts, drawn, ended, batch, f"{writer.stage} {point['name']}", precision, device))
+                logp_ref = np.array(score_rows(ref_path, prompts, drawn, ended, batch, f"{kl_ref.stage} (KL reference)", precision, device))
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))

@@ -27,6 +27,7 @@ from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_weak_demos, refined_completion
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, RefinementConfig, TrainingEngineConfig
 from w2s.generation import Engine, Request, derive_seed, pinned_backend, refinement_prompt
+from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
@@ -93,7 +94,7 @@ def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong
             raise ValueError(f"D_weak has {d_weak.num_rows} rows, fewer than baselines.refinement.train.batch_size "
                              f"{cfg.refinement.train.batch_size}: not one full batch")
         strong_dir = model_dir(strong, store)
-        reward = load_gold_reward(cfg.gold_reward)
+        reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         requests = build_requests(d_weak, cfg.seed)
         with Engine(cfg.engine, str(strong_dir), cfg.seed) as engine:
             # RefinementConfig is a GenerationParams; generate checks the prompts before the engine starts

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from w2s import faults
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import ScoringConfig
+from w2s.devices import torch_device
 from w2s.models.build import load_pretrained
 from w2s.precision import torch_dtype
 from w2s.scoring import score_groups, tokenise_group
@@ -28,7 +29,8 @@ from w2s.tracking import RunContext
 log = logging.getLogger(__name__)
 
 
-def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, max_length: int, progress=None) -> pa.Table:
+def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, max_length: int, progress=None,
+                device: str = "cpu") -> pa.Table:
     prompt_ids = table.column("prompt_id").to_pylist()
     groups_rows: dict[str, list[int]] = {}
     for row, pid in enumerate(prompt_ids):
@@ -41,7 +43,7 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
     n = table.num_rows
     logp = [[0.0] * n for _ in models]
     n_tokens, truncated = [0] * n, [False] * n
-    scores = score_groups(models, groups, tokenizer.pad_token_id, cfg.batch_tokens, progress=progress)
+    scores = score_groups(models, groups, tokenizer.pad_token_id, cfg.batch_tokens, device, progress=progress)
     for gi, key in enumerate(keys):
         for j, row in enumerate(groups_rows[key]):
             for m in range(len(models)):
@@ -59,9 +61,9 @@ def score_table(table: pa.Table, models: list, tokenizer, cfg: ScoringConfig, ma
 def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
-        dtype = torch_dtype(cfg.precision)
-        weak_model, tokenizer = load_pretrained(model_dir(weak, store), dtype=dtype)
-        ref_model, _ = load_pretrained(model_dir(weak_ref, store), dtype=dtype)
+        dtype, device = torch_dtype(cfg.precision), torch_device(ctx.device)
+        weak_model, tokenizer = load_pretrained(model_dir(weak, store), dtype=dtype, device=device)
+        ref_model, _ = load_pretrained(model_dir(weak_ref, store), dtype=dtype, device=device)
         models = [weak_model.eval(), ref_model.eval()]
         max_length = cfg.max_length or weak_model.config.max_position_embeddings
         shards = shard_paths(samples, store)
@@ -74,7 +76,7 @@ def scoring(ctx: RunContext, cfg: ScoringConfig, samples: ArtifactRef, weak: Art
                     progress.update(done.num_rows)
                     n_trunc += sum(done.column("truncated").to_pylist())
                     continue
-                scored = score_table(pq.read_table(path), models, tokenizer, cfg, max_length, progress)
+                scored = score_table(pq.read_table(path), models, tokenizer, cfg, max_length, progress, device)
                 writer.write_parquet(rel, scored)
                 written += 1
                 faults.checkpoint(writer.stage, written)

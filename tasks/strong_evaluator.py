@@ -35,6 +35,7 @@ import pyarrow as pa
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import effective_sample_size, evaluator_weights, read_weak_demos
 from w2s.config import PipelineConfig, StrongEvaluatorConfig
+from w2s.devices import torch_device
 from w2s.scoring import score_rows
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
@@ -68,8 +69,9 @@ def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: Artifact
             raise ValueError(f"D_weak rows {cut_empty[:5]} have an empty response that did not stop: nothing to score or learn")
         strong_dir, weak_ref_dir = model_dir(strong, store), model_dir(weak_ref, store)
         ended = [f == "stop" for f in finish]
-        logp_strong = np.array(score_rows(strong_dir, prompts, responses, ended, label="π_ref_strong"))
-        logp_weak_ref = np.array(score_rows(weak_ref_dir, prompts, responses, ended, label="π_weak_ref"))
+        device = torch_device(ctx.device)
+        logp_strong = np.array(score_rows(strong_dir, prompts, responses, ended, label="π_ref_strong", device=device))
+        logp_weak_ref = np.array(score_rows(weak_ref_dir, prompts, responses, ended, label="π_weak_ref", device=device))
         r_strong = logp_strong - logp_weak_ref
         bad = np.flatnonzero(~np.isfinite(r_strong))
         if len(bad):

@@ -17,6 +17,7 @@ from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, read_weak_demos
 from w2s.config import GoldRewardSpec, PipelineConfig, SweepConfig
 from w2s.config.base import Section
+from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import shard_paths
@@ -48,7 +49,7 @@ def teacher_signal(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, 
         missing = sorted(set(ids) - set(meta_of))
         if missing:
             raise ValueError(f"{scores.stage}: prompt_ids {missing[:5]} are not in {data.stage}/student.parquet")
-        reward = load_gold_reward(cfg.gold_reward)
+        reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         gold = np.asarray(reward.score(samples.column("prompt").to_pylist(), samples.column("completion").to_pylist(),
                                        [meta_of[pid] for pid in ids]), np.float64)
         d_weak = read_weak_demos(store.materialise(demos), demos.stage)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
 from w2s.generation import answer_each, derive_seed, pinned_backend
+from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
@@ -75,7 +76,7 @@ def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: Ar
             raise ValueError(f"the exemplar pool has {pool.num_rows} prompts; {NUM_EXEMPLARS} are needed")
         picks = sorted(random.Random(derive_seed(cfg.seed, "exemplars")).sample(range(pool.num_rows), NUM_EXEMPLARS))
         exemplar_prompts = pool.take(picks)
-        reward = load_gold_reward(cfg.gold_reward)
+        reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
 
         answers = _answer(str(model_dir(weak, store)), cfg, [demo_prompts, exemplar_prompts, test])
         ref_answers = _answer(str(model_dir(weak_ref, store)), cfg, [test])

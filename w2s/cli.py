@@ -24,7 +24,7 @@ import sys
 import time
 
 from flows import FLOWS, flow_named
-from w2s.config.loading import ConfigError, dump_yaml, load_config, preflight
+from w2s.config.loading import ConfigError, check_machine, check_pod, dump_yaml, load_config, preflight
 
 EPILOG = """\
 Rerunning the same command resumes: every stage whose artifact exists and verifies is reused
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = config_sub.add_parser("validate", help="check a config: schema, model paths, artifact root (writes nothing)")
     validate.add_argument("file", metavar="FILE")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--pod-gpus", type=int, metavar="N", help="also check the config fits a pod of N GPUs "
+                          "(the gpu_count job variable of its Kubernetes deployment)")
 
     stages = sub.add_parser("stages", help="list a flow's stages in the order it runs them (traced from the flow; nothing runs)")
     stages.add_argument("--flow", choices=tuple(FLOWS), default="eve",
@@ -154,6 +156,7 @@ def _main(argv: list[str] | None) -> int:
             if args.config_command == "validate":
                 preflight(cfg)
                 check_stages(cfg, "eve", None)
+                check_pod(cfg, args.pod_gpus)
                 print(f"{args.file}: valid")
             else:
                 sys.stdout.write(dump_yaml(cfg))
@@ -161,6 +164,8 @@ def _main(argv: list[str] | None) -> int:
         flow_name = "eve" if args.command == "run" else args.flow if args.command in ("report", "plan") else args.command
         cfg = load_config(args.config, args.overrides)
         preflight(cfg)
+        if args.command != "plan":
+            check_machine(cfg)
         check_stages(cfg, flow_name, getattr(args, "until", None), getattr(args, "force", []))
     except ConfigError as exc:
         print(f"w2s: error: {exc}", file=sys.stderr)

@@ -74,15 +74,15 @@ class SummaryFactsReward:
 
 
 class HFClassifierReward:
-    def __init__(self, path: str, batch_size: int = 16, device: str = "cpu", trust_remote_code: bool = False):
+    def __init__(self, path: str, batch_size: int = 16, device: str = "cpu", dtype=None):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype or torch.float32, trust_remote_code=False)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(device).eval()
         self.batch_size, self.device = batch_size, device
@@ -101,4 +101,6 @@ class HFClassifierReward:
 def load_gold_reward(spec: GoldRewardSpec, device: str = "cpu") -> GoldReward:
     if spec.kind == "summary_facts":
         return SummaryFactsReward()
-    return HFClassifierReward(spec.path, spec.batch_size, device)
+    from w2s.precision import torch_dtype
+
+    return HFClassifierReward(spec.path, spec.batch_size, device, torch_dtype(spec.precision))

@@ -216,7 +216,7 @@ def score_one(model, tokenizer, prompt: str, completion: str, max_length: int, e
 
 
 def score_rows(model_dir, prompts: list[str], completions: list[str], ended: list[bool], batch_tokens: int = 4096,
-               label: str = "", precision: str = "fp32") -> list[float]:
+               label: str = "", precision: str = "fp32", device: str = "cpu") -> list[float]:
     """log π(y|x) of independent (x, y) rows under the model folder `model_dir` (its own tokenizer,
     the boundary and EOS rules above), batched like the scoring stage: each row is a group of one.
     Evaluation (KL) and the strong-as-evaluator baseline use it."""
@@ -225,10 +225,10 @@ def score_rows(model_dir, prompts: list[str], completions: list[str], ended: lis
     from w2s.models.build import load_pretrained
     from w2s.precision import torch_dtype
 
-    model, tokenizer = load_pretrained(model_dir, dtype=torch_dtype(precision))
+    model, tokenizer = load_pretrained(model_dir, dtype=torch_dtype(precision), device=device)
     model.eval()
     max_length = model.config.max_position_embeddings
     groups = [tokenise_group(tokenizer, p, [c], max_length, [e]) for p, c, e in zip(prompts, completions, ended)]
     with tqdm(total=len(groups), desc=f"log-probs {label}".strip(), unit="row", leave=False) as progress:
-        scores = score_groups([model], groups, tokenizer.pad_token_id, batch_tokens, progress=progress)
+        scores = score_groups([model], groups, tokenizer.pad_token_id, batch_tokens, device, progress=progress)
     return [row[0] for row in scores[0]]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,6 +38,7 @@ class RunContext(BaseModel):
     parent_run_id: str | None = None
     flow_run_id: str | None = None
     flow_run_url: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # run.device: where forwards outside DeepSpeed/vLLM run (w2s/devices.py)
 
 
 _initialised: set[str] = set()

@@ -181,6 +181,24 @@ def preflight(cfg: PipelineConfig) -> None:
     check_tracking_uri(uri)
 
 
+def check_machine(cfg: PipelineConfig) -> None:
+    """Visible GPUs against the config's ranks and tensor-parallel group (w2s/devices.py): for a run
+    on this machine, not for `w2s config validate`, which checks a config meant for a cluster."""
+    from w2s.devices import check_gpus
+
+    problem = check_gpus(cfg)
+    if problem:
+        raise ConfigError(problem)
+
+
+def check_pod(cfg: PipelineConfig, gpu_count: int | None) -> None:
+    from w2s.devices import check_pod_gpus
+
+    problem = check_pod_gpus(cfg, gpu_count) if gpu_count is not None else None
+    if problem:
+        raise ConfigError(problem)
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
     """A tracking URI MLflow can use, reachable within seconds (not minutes of client retries)."""
     scheme = uri.split("://", 1)[0] if "://" in uri else ""

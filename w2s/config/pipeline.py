@@ -37,7 +37,9 @@ class RunConfig(Section):
         None, description="MLflow tracking URI; default sqlite:///<artifact_root>/mlflow.db."
     )
     experiment: str = Field("w2s-eve", description="MLflow experiment name.")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where scoring, KL scoring, the gold reward and evaluation forwards run (auto: CUDA when visible); "
+        "not in any cache key. The preflight checks visible GPUs against world_size (w2s/devices.py).")
 
 
 class SyntheticTaskConfig(Section):
@@ -134,6 +136,9 @@ class GoldRewardSpec(Section):
     )
     path: str | None = content_input(None, description="The reward model's HF folder (keyed by content) or hub id.")
     batch_size: PositiveInt = 16
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Format of the reward model's forwards (hf_classifier). No 'auto': the yardstick of every "
+        "PGR must not change with the machine; bf16 for an 8B RM on GPUs (configs/tldr_llama3b.yaml).")
 
     @model_validator(mode="after")
     def _path_for_classifier(self) -> GoldRewardSpec:
@@ -346,7 +351,7 @@ class RunScoped(Section):
 
         local = local_path_of(self.run.artifact_root)
         root = str(local.expanduser().absolute()) if local is not None else self.run.artifact_root
-        return RunContext(artifact_root=root, tracking_uri=self.tracking_uri, experiment=self.run.experiment)
+        return RunContext(artifact_root=root, tracking_uri=self.tracking_uri, experiment=self.run.experiment, device=self.run.device)
 
 
 # A bound that catches typos (k: 40000) before hours of sampling; 10× the paper's 92k prompts × 8.

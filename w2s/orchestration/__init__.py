@@ -220,7 +220,10 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
         yield PipelineState(ctx=ctx, until=None)
         return
     if isinstance(config, PipelineConfig):
+        from w2s.config.loading import check_machine
+
         check_stage_names(config.orchestration)
+        check_machine(config)  # a pod with fewer GPUs than ranks fails here, in one line, before any stage
     params = config.model_dump(mode="json")
     flow_run_id, flow_run_url = _prefect_flow_run()
     ctx = ctx.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": flow_run_url, **infrastructure_overrides()})
