@@ -282,3 +282,46 @@ def test_bad_weak_demos_named_before_compute(setup):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['response'\]"):
         strong_evaluator.run(ctx, StrongEvaluatorSlice.from_pipeline(config), demos=bad, strong=setup["strong"],
                          weak_ref=setup["weak_ref"])
+
+
+def test_auto_inverse_lambda_hits_the_target_ess_on_heavy_tailed_scores():
+    from w2s.baseline_data import evaluator_weights, inverse_lambda_for_ess
+
+    rng = np.random.default_rng(11)
+    for scale, n, target in ((220.0, 64, 0.5), (3.0, 500, 0.2), (1e4, 10, 0.9)):
+        r = rng.standard_t(2, size=n) * scale  # sequence sums: a heavy tail, as across answers of unequal length
+        beta = inverse_lambda_for_ess(r, target)
+        w = evaluator_weights(r, beta)
+        p = np.exp(beta * (r - r.max()))
+        p /= p.sum()
+        assert 1.0 / (n * (p**2).sum()) == pytest.approx(target, rel=1e-6)  # ESS/N by the textbook formula
+        assert w.mean() == pytest.approx(1.0)
+    # ESS falls with 1/λ: a larger 1/λ can only concentrate the weights
+    fracs = [1.0 / (64 * ((evaluator_weights(r, b) / 64) ** 2).sum()) for b in (1e-4, 1e-3, 1e-2, 1e-1)]
+    assert fracs == sorted(fracs, reverse=True)
+    assert inverse_lambda_for_ess(np.full(8, -3.0), 0.5) == 0.0  # nothing to reweight: uniform
+
+
+def test_auto_inverse_lambda_is_the_default_and_a_number_fixes_it():
+    from w2s.config import PipelineConfig
+
+    assert PipelineConfig().baselines.strong_evaluator.inverse_lambda == "auto"
+    assert load_config(REPO / "pipeline_config.yaml", []).baselines.strong_evaluator.inverse_lambda == "auto"
+    with pytest.raises(Exception, match="inverse_lambda"):
+        load_config(REPO / "pipeline_config.yaml", ["baselines.strong_evaluator.inverse_lambda=.inf"])
+
+
+def test_strong_evaluator_auto_lambda_reports_the_target_ess(setup):
+    from tasks.strong_evaluator import StrongEvaluatorSlice, strong_evaluator
+
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={setup['config'].run.artifact_root}",
+                                                          EVALUATOR.format('"auto"')])
+    cfg = StrongEvaluatorSlice.from_pipeline(config)
+    ref = strong_evaluator.run(setup["ctx"], cfg, demos=setup["demos"], strong=setup["strong"], weak_ref=setup["weak_ref"])
+    table = pq.read_table(ref.local_dir() / "weights.parquet")
+    r, w = (np.asarray(table.column(c).to_pylist()) for c in ("r_strong", "weight"))
+    metrics = json.loads((ref.local_dir() / "manifest.json").read_text())["metrics"]
+    beta = metrics["inverse_lambda"]
+    p = np.exp(beta * (r - r.max()))
+    np.testing.assert_allclose(w, len(r) * p / p.sum(), rtol=1e-9)  # the weights are exp(r/λ) at the reported 1/λ
+    assert metrics["ess_frac"] == pytest.approx(cfg.train.target_ess_frac, rel=1e-6)

@@ -145,6 +145,34 @@ def evaluator_weights(r_strong: np.ndarray, inverse_lambda: float) -> np.ndarray
     return len(f) * np.exp(shifted - np.log(np.exp(shifted).sum()))
 
 
+def inverse_lambda_for_ess(r_strong: np.ndarray, target_frac: float) -> float:
+    """The 1/λ ≥ 0 at which evaluator_weights(r, 1/λ) has ESS = target_frac · N.
+
+    ESS/N = 1/(N Σ p_i²) with p = softmax(r/λ) falls monotonically in 1/λ (d log Σp²/d(1/λ) =
+    2(E_{2/λ}[r] − E_{1/λ}[r]) ≥ 0), from 1 at 1/λ = 0 to (rows tied at max r)/N as 1/λ → ∞, so
+    bisection in log 1/λ finds it. All-equal r (every 1/λ gives uniform weights) returns 0; a target
+    below the one-hot floor returns the largest 1/λ searched (weights at their limit)."""
+    r = np.asarray(r_strong, dtype=np.float64)
+    if not 0 < target_frac < 1:
+        raise ValueError(f"target ESS fraction must be in (0, 1), got {target_frac}")
+    spread = float(r.max() - r.min()) if r.size else 0.0
+    if spread == 0.0:
+        return 0.0
+
+    def frac(inverse_lambda: float) -> float:
+        return effective_sample_size(evaluator_weights(r, inverse_lambda)) / r.size
+
+    lo, hi = 1e-6 / spread, 1e6 / spread  # (1/λ)·spread from 1e-6 (uniform to 1e-6) to 1e6 (at the one-hot limit)
+    if frac(hi) >= target_frac:
+        return hi
+    if frac(lo) <= target_frac:
+        return lo
+    for _ in range(100):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if frac(mid) > target_frac else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
 def effective_sample_size(weights: np.ndarray) -> float:
     w = np.asarray(weights, dtype=np.float64)
     return float(w.sum() ** 2 / (w**2).sum())

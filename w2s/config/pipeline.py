@@ -304,7 +304,11 @@ class WeakRewardDPOConfig(DPOConfig):
 class StrongEvaluatorConfig(StudentConfig):
     """§11.1: D_weak weighted by exp(r_strong/λ), r_strong = log π_ref_strong − log π_weak_ref."""
 
-    inverse_lambda: float = Field(1.0, gt=0, description="1/λ; weights normalise over D_weak (one answer per prompt).")
+    inverse_lambda: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Literal["auto"] = Field(
+        "auto", description="1/λ; weights normalise over D_weak (one answer per prompt). auto: the 1/λ at which the "
+        "weights' ESS is target_ess_frac of D_weak (r_strong sums over tokens, so a fixed 1/λ collapses or does nothing "
+        "depending on the lengths; DEVIATION: the paper fixes λ).")
+    target_ess_frac: float = Field(0.5, gt=0, lt=1, description="ESS / N the auto 1/λ aims at: 1 is naive SFT, 1/N one row.")
 
 
 class BaselinesConfig(Section):
