@@ -24,7 +24,7 @@ import sys
 import time
 
 from flows import FLOWS, flow_named
-from w2s.config.loading import ConfigError, check_machine, check_pod, dump_yaml, load_config, preflight
+from w2s.config.loading import ConfigError, check_data, check_machine, check_pod, dump_yaml, load_config, preflight
 
 EPILOG = """\
 Rerunning the same command resumes: every stage whose artifact exists and verifies is reused
@@ -157,7 +157,7 @@ def _main(argv: list[str] | None) -> int:
                 preflight(cfg)
                 check_stages(cfg, "eve", None)
                 check_pod(cfg, args.pod_gpus)
-                print(f"{args.file}: valid")
+                print(f"{args.file}: valid ({check_data(cfg)})")
             else:
                 sys.stdout.write(dump_yaml(cfg))
             return 0

@@ -1,6 +1,7 @@
 """Every config schema and its one loader, in one package.
 
 - `pipeline`: the EVE `PipelineConfig` and its sections (the single source of defaults);
+- `data`: the task data (synthetic task, or real preferences and prompt sources via `datasets`);
 - `engines`: how stages run (generation, training engines) and how Prefect runs them (orchestration);
 - `classification`, `theory`: the schemas of the two side experiments, around the shared `RunConfig`;
 - `base`: the strict `Section` base class and shared types;

@@ -191,6 +191,16 @@ def check_machine(cfg: PipelineConfig) -> None:
         raise ConfigError(problem)
 
 
+def check_data(cfg: PipelineConfig) -> str:
+    """Split sizes against a local copy of the data (w2s/data/capacity.py); what was checked."""
+    from w2s.data.capacity import check_local_data
+
+    try:
+        return check_local_data(cfg.data)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def check_pod(cfg: PipelineConfig, gpu_count: int | None) -> None:
     from w2s.devices import check_pod_gpus
 

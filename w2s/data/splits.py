@@ -78,45 +78,68 @@ def synthetic_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     return tables
 
 
+def prompt_shape(spec):
+    """x as the text contract wants it for this dataset (w2s/text.py)."""
+    return tldr_prompt if spec.text_format == "tldr" else (lambda prompt: prompt)
+
+
+def _load_rows(source, columns: dict[str, str], shapes: dict[str, object]) -> list[dict]:
+    """Rows of `source` as {our name: text}, non-empty text checked, shaped once here (w2s/text.py)."""
+    import datasets
+
+    dataset = datasets.load_dataset(source.path, name=source.name, data_files=source.data_files, split=source.split)
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"data.hf: dataset {source.path!r} lacks columns {missing} (has {dataset.column_names})")
+    rows = []
+    for index, row in enumerate(dataset.select_columns(list(columns)).to_list()):
+        bad = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
+        if bad:
+            raise ValueError(f"data.hf: {source.path!r} row {index}: {bad} must be non-empty text "
+                             f"(got {[row[c] for c in bad]!r:.200})")
+        rows.append({ours: shapes[ours](row[theirs]) for theirs, ours in columns.items()})
+    return rows
+
+
 def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     """Real preference data (prompt/chosen/rejected, TL;DR style) through `datasets`, put in the text
-    contract's shape (w2s/text.py) before anything else sees it."""
-    import datasets
+    contract's shape before anything else sees it; sizes checked by w2s/data/capacity.py's rule."""
+    from w2s.data.capacity import counts_of, fit_problem
 
     spec = cfg.hf
     assert spec is not None
-    dataset = datasets.load_dataset(spec.path, name=spec.name, data_files=spec.data_files, split=spec.split)
-    columns = {spec.prompt_column: "prompt", spec.chosen_column: "chosen", spec.rejected_column: "rejected"}
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"data.hf: dataset {spec.path!r} lacks columns {missing} (has {dataset.column_names})")
-    rows = dataset.select_columns(list(columns)).to_list()
-    for index, row in enumerate(rows):
-        bad = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
-        if bad:
-            raise ValueError(f"data.hf: {spec.path!r} row {index}: {bad} must be non-empty text "
-                             f"(got {[row[c] for c in bad]!r:.200})")
-        if spec.text_format == "tldr":  # the one place text is put in shape (w2s/text.py)
-            row[spec.prompt_column] = tldr_prompt(row[spec.prompt_column])
-            row[spec.chosen_column] = tldr_completion(row[spec.chosen_column])
-            row[spec.rejected_column] = tldr_completion(row[spec.rejected_column])
-    prompts = list(dict.fromkeys(row[spec.prompt_column] for row in rows))
-    random.Random(cfg.seed).shuffle(prompts)
-    sizes = split_sizes(cfg)
-    if len(prompts) < sum(sizes.values()):
-        raise ValueError(f"data.hf: {len(prompts)} distinct prompts, the splits need {sum(sizes.values())}")
-    by_prompt = {row[spec.prompt_column]: row for row in rows}
-    tables, offset = {}, 0
-    for split, size in sizes.items():
-        chunk = prompts[offset : offset + size]
-        ids = [f"{split}-{offset + i:06d}" for i in range(size)]
-        offset += size
-        table = {"prompt_id": ids, "prompt": chunk}
+    same = (lambda text: text) if spec.text_format == "verbatim" else tldr_completion
+    shapes = {"prompt": prompt_shape(spec), "chosen": same, "rejected": same}
+    rows = _load_rows(spec, {spec.prompt_column: "prompt", spec.chosen_column: "chosen", spec.rejected_column: "rejected"}, shapes)
+    pool_rows = None
+    if spec.prompts is not None:
+        pool_rows = _load_rows(spec.prompts, {spec.prompts.prompt_column: "prompt"}, shapes)
+    problem = fit_problem(cfg, counts_of([r["prompt"] for r in rows], None if pool_rows is None else [r["prompt"] for r in pool_rows]))
+    if problem:
+        raise ValueError(problem)
+    rng = random.Random(cfg.seed)
+    if pool_rows is None:  # one table: distinct prompts, one pair each (the last row of a prompt)
+        prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+        rng.shuffle(prompts)
+        by_prompt = {r["prompt"]: r for r in rows}
+        preferences = [by_prompt[p] for p in prompts[: cfg.n_preference]]
+        pool = prompts[cfg.n_preference :]
+    else:  # several pairs per prompt; prompt splits from the other source, no post shared with the preferences
+        preferences = rng.sample(rows, cfg.n_preference)
+        taken = {r["prompt"] for r in rows}
+        pool = [p for p in dict.fromkeys(r["prompt"] for r in pool_rows) if p not in taken]
+        rng.shuffle(pool)
+    tables = {"preferences": pa.table({
+        "prompt_id": [f"preferences-{i:06d}" for i in range(cfg.n_preference)],
+        **{c: [r[c] for r in preferences] for c in ("prompt", "chosen", "rejected")}, "meta": ["{}"] * cfg.n_preference,
+    })}
+    offset = 0
+    for split, size in split_sizes(cfg).items():
         if split == "preferences":
-            table["chosen"] = [by_prompt[p][spec.chosen_column] for p in chunk]
-            table["rejected"] = [by_prompt[p][spec.rejected_column] for p in chunk]
-        table["meta"] = ["{}"] * size
-        tables[split] = pa.table(table)
+            continue
+        ids = [f"{split}-{cfg.n_preference + offset + i:06d}" for i in range(size)]
+        tables[split] = pa.table({"prompt_id": ids, "prompt": pool[offset : offset + size], "meta": ["{}"] * size})
+        offset += size
     return tables
 
 
