@@ -40,13 +40,13 @@ def _model_artifact(ctx, stage: str, folder):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_smollm_model_dir, tiny_char_model_dir):
-    from tasks.data import data as prepare_data
+    from tasks.data import DataSlice, data as prepare_data
     from w2s.rewards import SummaryFactsReward
 
     root = tmp_path_factory.mktemp("baselines")
     config = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={root}", *OVERRIDES])
     ctx = config.run_context()
-    data = prepare_data.run(ctx, config.data)
+    data = prepare_data.run(ctx, DataSlice(data=config.data))
     prompts = pq.read_table(data.local_dir() / "weak_demo.parquet")
     metas = prompts.column("meta").to_pylist()
     # hand-made weak answers: the ideal summary, a copied post fragment, and one empty answer that stopped

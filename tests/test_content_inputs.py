@@ -8,7 +8,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.data import data as prepare_data
+from tasks.data import DataSlice, data as prepare_data
 from w2s.config import DataConfig, GoldRewardSpec, ModelSpec, TrainingEngineConfig
 from w2s.content import content_digests
 from w2s.stage import Stage, collect_outcomes
@@ -25,10 +25,10 @@ def test_editing_a_local_data_file_reruns_the_data_stage(ctx, tmp_path):
     cfg = DataConfig(source="hf", n_preference=10, n_weak_demo=5, n_exemplar_pool=2, n_student=5, n_test=5,
                      hf={"path": "parquet", "data_files": str(data_file)})
     with collect_outcomes() as outcomes:
-        first = prepare_data.run(ctx, cfg)
-        again = prepare_data.run(ctx, cfg)
+        first = prepare_data.run(ctx, DataSlice(data=cfg))
+        again = prepare_data.run(ctx, DataSlice(data=cfg))
         _prefs(data_file, "v2")  # same path, same size class, other content
-        edited = prepare_data.run(ctx, cfg)
+        edited = prepare_data.run(ctx, DataSlice(data=cfg))
     assert [o.cache for o in outcomes] == ["miss", "hit", "miss"]
     assert again == first and edited.key != first.key and edited.digest != first.digest
     chosen = pq.read_table(edited.local_dir() / "preferences.parquet").column("chosen").to_pylist()

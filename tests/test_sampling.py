@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.data import data as prepare_data
+from tasks.data import DataSlice, data as prepare_data
 from tasks.sampling import SCHEMA, SamplingStageConfig, sampling
 from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore
 from w2s.config import DataConfig, GenerationEngineConfig, SamplingConfig
@@ -34,7 +34,7 @@ def make_ctx(root: Path) -> RunContext:
 
 def make_inputs(ctx: RunContext, model_dir: Path, n_student: int = 6, exemplar_rows: int = 2) -> dict[str, ArtifactRef]:
     """data (real stage), a fixture exemplar artifact (until weak demos land) and a model artifact."""
-    data = prepare_data.run(ctx, DataConfig(n_preference=4, n_weak_demo=2, n_exemplar_pool=2, n_student=n_student, n_test=2))
+    data = prepare_data.run(ctx, DataSlice(data=DataConfig(n_preference=4, n_weak_demo=2, n_exemplar_pool=2, n_student=n_student, n_test=2)))
     store = ArtifactStore(ctx.artifact_root)
     pool = pq.read_table(data.local_dir() / "exemplar.parquet")
     chosen = pq.read_table(data.local_dir() / "preferences.parquet").column("chosen").to_pylist()

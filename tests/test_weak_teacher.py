@@ -18,7 +18,7 @@ from w2s.stage import collect_outcomes
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory):
     from tasks.base_models import weak_base
-    from tasks.data import data as prepare_data
+    from tasks.data import DataSlice, data as prepare_data
     from tasks.weak_demos import WeakDemosSlice, weak_demos
     from tasks.weak_dpo import weak_dpo
     from tasks.weak_sft import weak_sft
@@ -27,7 +27,7 @@ def tiny_pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("weak")
     config = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={root}"])
     ctx = config.run_context()
-    data = prepare_data.run(ctx, config.data)
+    data = prepare_data.run(ctx, DataSlice(data=config.data))
     base = weak_base.run(ctx, config.models.weak)
     sft = weak_sft.run(ctx, training_slice(config.weak_sft, config), data=data, base=base)
     dpo = weak_dpo.run(ctx, training_slice(config.weak_dpo, config), data=data, weak_ref=sft)

@@ -48,6 +48,9 @@ class HFDataConfig(HFSource):
     text_format: Literal["tldr", "verbatim"] = Field(
         "tldr", description="tldr: prompts end with '\\nTL;DR:', completions start with one space and lose a leading "
         "'TL;DR:' (the CarperAI comparisons schema; w2s/text.py); verbatim: the columns as they are.")
+    gold_labels: bool = Field(
+        True, description="Relabel the preferences with the gold reward model, p(y1 ≻ y2) = σ(r1 − r2) (§9.1); "
+        "false keeps the dataset's human labels.")
     prompts: HFPromptSource | None = Field(
         None, description="Unset: every split takes distinct prompts of this table, one preference pair per prompt. "
         "Set: the preferences are n_preference rows of this table (several pairs per prompt, as in the TL;DR "
