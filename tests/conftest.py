@@ -87,3 +87,30 @@ def shard_artifact(ctx, stage: str, tables):
         return StageOutput({})
 
     return execute(ctx, Stage(stage, 99), ScoringConfig(), {}, body)
+
+
+S3_BUCKETS = ("w2s-test", "w2s-rehearsal")  # tests/test_remote_root.py; configs/tldr_rehearsal.yaml's root
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3-compatible server on 127.0.0.1 (moto's server mode) holding S3_BUCKETS; yields the
+    environment a child process needs to reach it."""
+    import socket
+
+    moto = pytest.importorskip("moto.server")
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    for bucket in S3_BUCKETS:
+        client.create_bucket(Bucket=bucket)
+    yield env
+    server.stop()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 
 import pytest
 
@@ -18,25 +17,7 @@ from tests.cli_runs import stage_table as _table
 from tests.test_flow_resume import _digests
 
 pytestmark = pytest.mark.slow
-BUCKET = "w2s-test"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    moto = pytest.importorskip("moto.server")
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = moto.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
-    yield env
-    server.stop()
+BUCKET = "w2s-test"  # made by the s3 fixture (tests/conftest.py)
 
 
 def _remote_run(cwd, env, root, die_at=None, prefect_home=None):

@@ -100,3 +100,46 @@ def test_sft_is_weighted_mle_with_unit_weights_and_the_paper_sum():
     # sequence_mean: -Σ_i F_i log π(y_i|x) / B with log π a SUM over tokens (paper §4.3)
     assert weighted_nll(logps, torch.ones(3), 3.0).item() == pytest.approx(14.5 / 3)
     assert weighted_nll(logps, torch.tensor([2.0, 0.0, 1.0]), 3.0).item() == pytest.approx(7.5 / 3)
+
+
+def _trl_logps(model, seqs) -> torch.Tensor:
+    """TRL's path (DPOTrainer.get_batch_logps / SFTTrainer's completion-only loss): each sequence on
+    its own, unpadded, labels = ids with the prompt at -100, shifted by one, log-softmax gathered."""
+    out = []
+    for s in seqs:
+        ids = torch.tensor([s.ids])
+        labels = ids.clone()
+        labels[0, : s.n_prompt] = -100
+        logits = model(input_ids=ids).logits[:, :-1, :].float()
+        labels = labels[:, 1:]
+        mask = labels != -100
+        per_token = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(2)).squeeze(2)
+        out.append((per_token * mask).sum())
+    return torch.stack(out)
+
+
+def test_sft_dpo_and_weighted_mle_losses_match_trls_formulas(model_and_tok):
+    """Within 1e-5 of TRL's formulas on the same log-probs: DPO's sigmoid loss (label_smoothing 0),
+    SFT's completion-only token-mean cross-entropy (our token_mean) and per-sequence weighted NLL."""
+    import torch.nn.functional as F
+
+    model, tok = model_and_tok
+    seqs = _seqs(tok, PAIRS)
+    ours = sequence_logps(model, collate(seqs, 0))
+    trl = _trl_logps(model, seqs)
+    torch.testing.assert_close(ours, trl, rtol=1e-5, atol=1e-5)
+
+    n_tokens = sum(s.n_completion for s in seqs)
+    trl_sft = -trl.sum() / n_tokens  # mean CE over the completion tokens of the batch
+    assert weighted_nll(ours, torch.ones(4), normaliser("token_mean", 4, n_tokens)).item() == pytest.approx(trl_sft.item(), abs=1e-5)
+    weights = torch.tensor([0.5, 2.0, 0.0, 1.5])
+    assert weighted_nll(ours, weights, normaliser("sequence_mean", 4, n_tokens)).item() == \
+        pytest.approx(-(weights * trl).sum().item() / 4, abs=1e-5)
+
+    beta, label_smoothing = 0.1, 0.0
+    chosen, rejected = ours[[0, 2]], ours[[1, 3]]
+    ref_chosen, ref_rejected = chosen.detach() + torch.tensor([0.3, -1.0]), rejected.detach() + torch.tensor([2.0, 0.5])
+    logits = (chosen - rejected) - (ref_chosen - ref_rejected)  # TRL: pi_logratios - ref_logratios
+    trl_dpo = (-F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing).mean()
+    loss, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, denominator=2)
+    assert loss.item() == pytest.approx(trl_dpo.item(), abs=1e-5)

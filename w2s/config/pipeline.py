@@ -45,8 +45,11 @@ class RunConfig(Section):
 
 # ------------------------------------------------------------------------------------------ models
 class TinyModelConfig(Section):
-    """A randomly initialised Llama-style model, for unit tests and smoke runs only."""
+    """A randomly initialised model, for unit tests, smoke runs and the cluster rehearsal only."""
 
+    architecture: Literal["llama", "gpt2"] = Field(
+        "llama", description="llama: LlamaForCausalLM; gpt2: GPT2LMHeadModel (learned positions, LayerNorm, GELU MLP), "
+        "the paper's weak-teacher family.")
     hidden_size: PositiveInt = 64
     num_layers: PositiveInt = 2
     num_heads: PositiveInt = 4

@@ -33,12 +33,26 @@ def byte_level_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>")
 
 
+def _tiny_gpt2(spec: TinyModelConfig, tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_embd=spec.hidden_size, n_layer=spec.num_layers, n_head=spec.num_heads,
+        n_inner=spec.intermediate_size, n_positions=spec.max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
 def tiny_model(spec: TinyModelConfig, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from w2s.models.smollm2 import load_smollm2_tokenizer
 
     tokenizer = load_smollm2_tokenizer() if spec.tokenizer == "smollm2" else byte_level_tokenizer()
+    if spec.architecture == "gpt2":
+        torch.manual_seed(seed)
+        return _tiny_gpt2(spec, tokenizer), tokenizer
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,

@@ -33,9 +33,8 @@ def _config_class(dotted: str) -> type[TrainConfig]:
 
 
 
-def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
-    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK, _free_port
-
+def write_spec(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> Path:
+    """The call every rank makes, as `<out_dir>/launch_spec.json` (one node or several)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ref_logps is not None and not isinstance(ref_logps, (str, Path)):
@@ -52,11 +51,25 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     }
     spec_path = out / "launch_spec.json"
     spec_path.write_text(json.dumps(spec))
+    return spec_path
+
+
+def rank_env() -> dict[str, str]:
+    """This environment for rank processes, without the single-process defaults it may have set."""
+    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK
+
+    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
+    return {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
+
+
+def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
+    from w2s.training.engine import _free_port
+
+    out = Path(out_dir)
+    spec_path = write_spec(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
     command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
                "--module", "w2s.training.rank", str(spec_path)]
-    # the single-process defaults this process may have set for itself must not reach the ranks
-    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
-    env = {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
+    env = rank_env()
     completed = subprocess.run(command, env=env)
     if completed.returncode != 0:
         raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
