@@ -29,6 +29,11 @@ def tldr_prompt(prompt: str) -> str:
     return body if body.endswith(TLDR) else f"{body}\n{TLDR}"
 
 
+def prompt_shape(text_format: str):
+    """The function that puts x in shape for a dataset's `text_format` (tldr | verbatim)."""
+    return tldr_prompt if text_format == "tldr" else (lambda prompt: prompt)
+
+
 def tldr_completion(text: str) -> str:
     """y of the TL;DR task: one leading space, no "TL;DR:" of its own, no trailing whitespace."""
     body = text.strip()

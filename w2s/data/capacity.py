@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w2s.config import DataConfig, HFSource
+from w2s.text import prompt_shape
 
 PROMPT_SPLIT_KEYS = ("n_weak_demo", "n_exemplar_pool", "n_student", "n_test")
 
@@ -100,12 +101,10 @@ def counts_of(preference_prompts: list[str], pool_prompts: list[str] | None) -> 
 def check_local_data(cfg: DataConfig) -> str:
     """For `w2s config validate`: raises ValueError (one line) when the sizes do not fit a local
     copy; returns what was checked."""
-    from w2s.data.splits import prompt_shape
-
     spec = cfg.hf
     if cfg.source != "hf" or spec is None:
         return "synthetic data: sizes always fit"
-    shape = prompt_shape(spec)
+    shape = prompt_shape(spec.text_format)
     preference = local_prompts(spec, spec.prompt_column, shape)
     pool = local_prompts(spec.prompts, spec.prompts.prompt_column, shape) if spec.prompts is not None else None
     if preference is None or (spec.prompts is not None and pool is None):

@@ -18,7 +18,8 @@ import pyarrow as pa
 from w2s.config import DataConfig
 from w2s.data.synthetic import candidate_summary, make_post, sigmoid
 from w2s.rewards import summary_facts_reward
-from w2s.text import tldr_completion, tldr_prompt
+from w2s.data.capacity import counts_of, fit_problem
+from w2s.text import prompt_shape, tldr_completion
 
 PROMPT_SPLITS = ("weak_demo", "exemplar", "student", "test")
 PREFERENCE_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "meta")
@@ -78,11 +79,6 @@ def synthetic_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     return tables
 
 
-def prompt_shape(spec):
-    """x as the text contract wants it for this dataset (w2s/text.py)."""
-    return tldr_prompt if spec.text_format == "tldr" else (lambda prompt: prompt)
-
-
 def _load_rows(source, columns: dict[str, str], shapes: dict[str, object]) -> list[dict]:
     """Rows of `source` as {our name: text}, non-empty text checked, shaped once here (w2s/text.py)."""
     import datasets
@@ -104,12 +100,10 @@ def _load_rows(source, columns: dict[str, str], shapes: dict[str, object]) -> li
 def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     """Real preference data (prompt/chosen/rejected, TL;DR style) through `datasets`, put in the text
     contract's shape before anything else sees it; sizes checked by w2s/data/capacity.py's rule."""
-    from w2s.data.capacity import counts_of, fit_problem
-
     spec = cfg.hf
     assert spec is not None
     same = (lambda text: text) if spec.text_format == "verbatim" else tldr_completion
-    shapes = {"prompt": prompt_shape(spec), "chosen": same, "rejected": same}
+    shapes = {"prompt": prompt_shape(spec.text_format), "chosen": same, "rejected": same}
     rows = _load_rows(spec, {spec.prompt_column: "prompt", spec.chosen_column: "chosen", spec.rejected_column: "rejected"}, shapes)
     pool_rows = None
     if spec.prompts is not None:
