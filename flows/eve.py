@@ -4,7 +4,7 @@
     w2s run --config configs/tiny.yaml --until data    # stop after a stage
 
 Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
-(D_weak + 2 exemplars) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
+(D_weak + the exemplar pool) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
 π_weak_ref) → weights (F, eq. 8) → student (weighted MLE); then the PGR anchors (the strong ceiling
 strong_sft → strong_dpo), each policy's evaluation on the test prompts, the weak teacher's gold
 signal (teacher_signal) and the PGR report.

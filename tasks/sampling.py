@@ -1,10 +1,12 @@
 """Stage `sampling` (EVE stage 3, paper §4.3/§9.6): the untrained strong model, prompted with two
-weak-teacher demonstrations, samples K completions per student prompt.
+weak-teacher demonstrations, samples K completions per student prompt. The demonstrations are drawn
+from the held-out exemplar pool, per student prompt (`sampling.exemplars: per_prompt`, seeded by the
+prompt id) or once for the run (`shared`).
 
     w2s run --config pipeline_config.yaml --until sampling
 
 Inputs: the exemplar artifact (Parquet `prompt_id, prompt, response`: `exemplars.parquet`, or its
-only Parquet file; the first `num_shots` rows are used), the data artifact's `student.parquet`, and
+only Parquet file; the pool the demonstrations are drawn from), the data artifact's `student.parquet`, and
 the `strong_base` model artifact. Output: `shards/part-NNNNN.parquet` with the samples columns of
 DESIGN.md (`prompt_id, sample_idx, prompt, fewshot_prompt, completion, n_tokens, finish_reason,
 seed`), `prompt` being the plain task prompt x that scoring conditions on. Each shard is written
@@ -16,6 +18,7 @@ one would have (w2s/generation/vllm_backend.py says where that can fail in the l
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -70,7 +73,15 @@ def read_exemplars(ref: ArtifactRef, store: ArtifactStore, num_shots: int) -> pa
         raise ValueError(f"exemplar artifact lacks columns {missing} (has {table.column_names})")
     if table.num_rows < num_shots:
         raise ValueError(f"sampling.num_shots={num_shots} but the exemplar artifact has {table.num_rows} rows")
-    return table.select(list(EXEMPLAR_COLUMNS)).slice(0, num_shots)
+    return table.select(list(EXEMPLAR_COLUMNS))
+
+
+def draw_exemplars(cfg: SamplingStageConfig, pool_size: int, prompt_id: str) -> list[int]:
+    """Row indices of the pool that demonstrate for this prompt: a uniform draw without replacement
+    that depends only on the run seed and (per_prompt) the prompt's id, so a resumed run, a larger
+    student split or another shard size gives a prompt the same demonstrations."""
+    name = f"exemplars:{prompt_id}" if cfg.sampling.exemplars == "per_prompt" else "exemplars"
+    return sorted(random.Random(derive_seed(cfg.seed, name)).sample(range(pool_size), cfg.sampling.num_shots))
 
 
 def shard_table(records, plain: dict[str, str], fewshot: dict[str, str]) -> pa.Table:
@@ -92,12 +103,15 @@ def build_requests(cfg: SamplingStageConfig, demos: pa.Table, student: pa.Table)
     leaked = set(demos.column("prompt_id").to_pylist()) & set(ids)
     if leaked:
         raise ValueError(f"exemplars {sorted(leaked)[:5]} are also student prompts: exemplars must be held out")
-    fewshot = {pid: fewshot_prompt(cfg.sampling.template, pairs, p) for pid, p in zip(ids, prompts)}
+    fewshot = {
+        pid: fewshot_prompt(cfg.sampling.template, [pairs[i] for i in draw_exemplars(cfg, len(pairs), pid)], p)
+        for pid, p in zip(ids, prompts)
+    }
     requests = [Request(pid, fewshot[pid], n=cfg.sampling.k, seed=derive_seed(cfg.seed, pid)) for pid in ids]
     return requests, dict(zip(ids, prompts)), fewshot
 
 
-@stage(version=1, reads=SamplingStageConfig.from_pipeline)
+@stage(version=2, reads=SamplingStageConfig.from_pipeline)
 def sampling(
     ctx: RunContext, cfg: SamplingStageConfig, exemplars: ArtifactRef, data: ArtifactRef, strong: ArtifactRef,
     engine: Engine | None = None,
@@ -174,6 +188,6 @@ def _sample_shards(writer, run, eng: Engine, requests, params: SamplingConfig, p
     }
     if computed_known and totals["rows_now"]:
         metrics["prefill_computed"] = totals["prefill_computed"]
-    info = {"engine": eng.info, "exemplar_ids": demos.column("prompt_id").to_pylist(), "skipped": checked.skipped,
+    info = {"engine": eng.info, "exemplar_pool_ids": demos.column("prompt_id").to_pylist(), "skipped": checked.skipped,
             "template": params.template, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return StageOutput(metrics, info)

@@ -2,8 +2,8 @@
 
 * `weak_demos.parquet` — D_weak: π_weak's answers to the weak-demo prompts (naive-SFT and refinement
   baselines train on these), with their gold reward.
-* `exemplars.parquet` — exactly two held-out exemplar prompts, drawn at random (seeded) from the
-  exemplar pool, with π_weak's answers: the 2-shot demonstrations of strong sampling (§9.6).
+* `exemplars.parquet` — the held-out exemplar pool with π_weak's answers; the sampling stage draws
+  its `sampling.num_shots` demonstrations from it (§9.6: per student prompt by default).
 * `eval.parquet` — π_weak_ref's and π_weak's answers to `n_eval_prompts` test prompts and their gold
   reward, so MLflow shows whether DPO improved on SFT.
 
@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,15 +19,12 @@ from pydantic import BaseModel, ConfigDict
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, WeakDemosConfig
-from w2s.generation import answer_each, derive_seed, pinned_backend
+from w2s.generation import answer_each, pinned_backend
 from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
-
-NUM_EXEMPLARS = 2
-
 
 class WeakDemosSlice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,19 +58,15 @@ def _with_answers(table: pa.Table, answers: dict[str, dict], reward) -> pa.Table
     })
 
 
-@stage(version=1, reads=WeakDemosSlice.from_pipeline)
+@stage(version=2, reads=WeakDemosSlice.from_pipeline)
 def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: ArtifactRef, weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)
         folder = store.materialise(data)
         demo_prompts = pq.read_table(folder / "weak_demo.parquet")
-        pool = pq.read_table(folder / "exemplar.parquet")
+        exemplar_prompts = pq.read_table(folder / "exemplar.parquet")
         test = pq.read_table(folder / "test.parquet")
         test = test.slice(0, min(cfg.demos.n_eval_prompts, test.num_rows))
-        if pool.num_rows < NUM_EXEMPLARS:
-            raise ValueError(f"the exemplar pool has {pool.num_rows} prompts; {NUM_EXEMPLARS} are needed")
-        picks = sorted(random.Random(derive_seed(cfg.seed, "exemplars")).sample(range(pool.num_rows), NUM_EXEMPLARS))
-        exemplar_prompts = pool.take(picks)
         reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
 
         answers = _answer(str(model_dir(weak, store)), cfg, [demo_prompts, exemplar_prompts, test])
@@ -93,6 +84,7 @@ def weak_demos(ctx: RunContext, cfg: WeakDemosSlice, data: ArtifactRef, weak: Ar
             "gold_reward_test_weak_ref": float(np.mean(eval_ref.column("gold_reward").to_numpy())),
             "gold_reward_test_weak": float(np.mean(eval_weak.column("gold_reward").to_numpy())),
             "gold_reward_d_weak": float(np.mean(d_weak.column("gold_reward").to_numpy())),
+            "gold_reward_exemplars": float(np.mean(exemplars.column("gold_reward").to_numpy())),
             "response_tokens_mean": float(np.mean(d_weak.column("n_tokens").to_numpy())),
             "finish_length_frac": float(np.mean([r == "length" for r in d_weak.column("finish_reason").to_pylist()])),
         }

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.data import DataSlice, data as prepare_data
-from tasks.sampling import SCHEMA, SamplingStageConfig, sampling
+from tasks.sampling import SCHEMA, SamplingStageConfig, build_requests, sampling
 from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore
 from w2s.config import DataConfig, GenerationEngineConfig, SamplingConfig
 from w2s.generation import derive_seed, fewshot_prefix
@@ -171,6 +171,47 @@ def test_exemplars_must_be_held_out(tmp_path, world):
         refs["exemplars"] = writer.commit()
     with pytest.raises(ValueError, match="must be held out"):
         sampling.run(ctx, stage_cfg(), **refs)
+
+
+def _pool_and_students(n_pool: int, n_students: int) -> tuple[pa.Table, pa.Table]:
+    pool = pa.table({"prompt_id": [f"pool-{i}" for i in range(n_pool)], "prompt": [f"post {i}" for i in range(n_pool)],
+                     "response": [f" answer {i}" for i in range(n_pool)]})
+    return pool, pa.table({"prompt_id": [f"s-{i}" for i in range(n_students)], "prompt": [f"query {i}" for i in range(n_students)]})
+
+
+def _shots(fewshot: str) -> tuple[int, ...]:
+    """Which pool rows a few-shot prompt demonstrates, read back from its text."""
+    return tuple(int(part.split(" ")[1].split("\n")[0]) for part in fewshot.split("\n\n")[:-1])
+
+
+def test_per_prompt_exemplars_are_a_uniform_draw_that_depends_only_on_the_prompt():
+    """§9.6 'randomly sample 2 prompts on a held-out set', for each student prompt: every pool row
+    demonstrates for num_shots / pool of the prompts (counted against the binomial), two distinct
+    rows per prompt, and a prompt keeps its pair when the student split around it changes."""
+    n_pool, n_students, shots = 8, 2000, 2
+    pool, students = _pool_and_students(n_pool, n_students)
+    cfg = stage_cfg(k=2)
+    _, _, fewshot = build_requests(cfg, pool, students)
+    drawn = {pid: _shots(text) for pid, text in fewshot.items()}
+    assert all(len(set(pair)) == shots for pair in drawn.values())
+    counts = [sum(i in pair for pair in drawn.values()) for i in range(n_pool)]
+    p = shots / n_pool
+    sd = (n_students * p * (1 - p)) ** 0.5
+    assert all(abs(c - n_students * p) < 4 * sd for c in counts), counts
+    assert len(set(drawn.values())) == n_pool * (n_pool - 1) // 2  # every pair occurs
+    _, _, alone = build_requests(cfg, pool, students.slice(1234, 1))
+    assert _shots(alone["s-1234"]) == drawn["s-1234"]
+    other_seed = build_requests(cfg.model_copy(update={"seed": 4}), pool, students)[2]
+    assert sum(_shots(other_seed[pid]) != pair for pid, pair in drawn.items()) > n_students // 2
+
+
+def test_shared_exemplars_give_every_prompt_the_same_prefix():
+    pool, students = _pool_and_students(8, 50)
+    cfg = stage_cfg(k=2, exemplars="shared")
+    _, _, fewshot = build_requests(cfg, pool, students)
+    assert len({_shots(text) for text in fewshot.values()}) == 1
+    pairs = {_shots(build_requests(cfg.model_copy(update={"seed": s}), pool, students)[2]["s-0"]) for s in range(20)}
+    assert len(pairs) > 1  # the run seed draws the pair
 
 
 def test_kill_during_sampling_then_rerun_reuses_the_finished_shards(tmp_path, world):

@@ -69,7 +69,7 @@ def test_weak_demos_outputs(tiny_pipeline):
     pool = set(pq.read_table(data / "exemplar.parquet").column("prompt_id").to_pylist())
     student = set(pq.read_table(data / "student.parquet").column("prompt_id").to_pylist())
     ids = exemplars.column("prompt_id").to_pylist()
-    assert exemplars.num_rows == 2 and set(ids) <= pool and not set(ids) & student
+    assert exemplars.num_rows == config.data.n_exemplar_pool and set(ids) == pool and not set(ids) & student
     assert demos.num_rows == config.data.n_weak_demo
     assert {"prompt_id", "prompt", "response", "n_tokens"} <= set(demos.column_names)
     evaluated = pq.read_table(folder / "eval.parquet").to_pylist()

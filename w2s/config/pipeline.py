@@ -189,6 +189,12 @@ class WeakDemosConfig(GenerationParams):
 class SamplingConfig(GenerationParams):
     k: int = Field(4, ge=2, description="Samples per student prompt (K ≥ 2: weights normalise over K).")
     num_shots: int = Field(2, ge=0, description="Weak-teacher exemplars in the few-shot prompt (§9.6).")
+    # §9.6 "randomly sample 2 prompts on a held-out set": per_prompt draws them for each student prompt
+    # (seeded by its id), so no single draw of two answers sets the quality of every strong sample;
+    # shared draws one set for the run (one common prefix, which vLLM's prefix cache computes once).
+    exemplars: Literal["per_prompt", "shared"] = Field(
+        "per_prompt", description="Draw the num_shots exemplars from the held-out pool for each student prompt, or once for all."
+    )
     shard_rows: PositiveInt = Field(512, description="Rows per Parquet shard (resume granularity).")
     template: Literal["tldr", "instruction"] = Field(
         "tldr", description="Few-shot template (§9.6): 'prompt TL;DR: response' or 'User: … Assistant: …'."

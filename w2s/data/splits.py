@@ -3,7 +3,7 @@
 Files (all Parquet):
   preferences.parquet  prompt_id, prompt, chosen, rejected, meta   (D_golden: weak SFT on chosen, DPO)
   weak_demo.parquet    prompt_id, prompt, meta                      (π_weak answers these → D_weak)
-  exemplar.parquet     prompt_id, prompt, meta                      (held out; 2 become few-shot demos)
+  exemplar.parquet     prompt_id, prompt, meta                      (held out; the few-shot demos are drawn from it)
   student.parquet      prompt_id, prompt, meta                      (π_ref_strong samples K per prompt)
   test.parquet         prompt_id, prompt, meta                      (evaluation, PGR)
 Every prompt appears in exactly one split. `meta` is the JSON the gold reward needs ("{}" for real data).
