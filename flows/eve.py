@@ -6,8 +6,10 @@
 Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
 (D_weak + the exemplar pool) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
 π_weak_ref) → weights (F, eq. 8) → student (weighted MLE); then the PGR anchors (the strong ceiling
-strong_sft → strong_dpo), each policy's evaluation on the test prompts, the weak teacher's gold
-signal (teacher_signal) and the PGR report.
+strong_sft → strong_dpo), naive SFT (the paper's main comparison, fig. 3/4: the strong base trained
+on π_weak's answers, D_weak or, with `baselines.naive_sft_data: matched`, K per student prompt), each
+policy's evaluation on the test prompts, the weak teacher's gold signal (teacher_signal) and the PGR
+report.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from prefect import flow
 from tasks.base_models import strong_base, weak_base
 from tasks.data import data as prepare_data
 from tasks.evaluate import evaluate
+from tasks.matched_demos import matched_demos
+from tasks.naive_sft import naive_sft
 from tasks.report import report
 from tasks.sampling import sampling as strong_sampling
 from tasks.scoring import scoring
@@ -75,6 +79,20 @@ def evaluate_eve(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> 
     return evaluate("eve")(ctx, config, data=eve.data, policy=eve.student, kl_ref=eve.strong)
 
 
+def naive_sft_demos(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> ArtifactRef:
+    """D_weak (§5), or π_weak's K answers to EVE's own student prompts (equal training size, fig. 6)."""
+    if config.baselines.naive_sft_data == "matched":
+        return matched_demos(ctx, config, data=eve.data, weak=eve.weak)
+    return eve.demos
+
+
+def evaluate_students(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
+    """The paper's main comparison: EVE's student and naive SFT on the weak teacher's answers."""
+    sft = naive_sft(ctx, config, demos=naive_sft_demos(ctx, config, eve), strong=eve.strong)
+    return {"eve": evaluate_eve(ctx, config, eve),
+            "naive_sft": evaluate("naive_sft")(ctx, config, data=eve.data, policy=sft, kl_ref=eve.strong)}
+
+
 def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
     """What the report shows beside the policies: the F-weights and the weak teacher's gold signal."""
     return {"weights": eve.weights, "signal": teacher_signal(ctx, config, data=eve.data, demos=eve.demos, scores=eve.scores)}
@@ -84,6 +102,6 @@ def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) 
 def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config, "eve", until) as run:
         stages = eve_stages(run.ctx, config)
-        evaluations = anchor_evaluations(run.ctx, config, stages) | {"eve": evaluate_eve(run.ctx, config, stages)}
+        evaluations = anchor_evaluations(run.ctx, config, stages) | evaluate_students(run.ctx, config, stages)
         report(run.ctx, config, evaluations=evaluations, **eve_diagnostics(run.ctx, config, stages))
     return run

@@ -18,10 +18,13 @@ from w2s.config.loading import load_config
 REGISTRY = """
 import json
 import tasks
-from flows.stages import FLOWS, stages_of
+from flows.stages import FLOWS, flow_named, stages_of
+from w2s.config.loading import load_config
+from w2s.orchestration import flow_stages
 registry = tasks.all_stages()
+matched = flow_stages(flow_named("eve"), load_config(None, ["baselines.naive_sft_data=matched"]))
 print(json.dumps({"registry": {name: [s.name, list(s.inputs), s.version] for name, s in registry.items()},
-                  "flows": {name: list(stages_of(name)) for name in FLOWS}}))
+                  "flows": {name: list(stages_of(name)) for name in FLOWS} | {"eve[matched]": list(matched)}}))
 """
 
 
@@ -43,6 +46,12 @@ def test_every_flow_stage_is_declared_and_every_declared_stage_runs_in_a_flow(de
     # inputs come from the parameter names
     assert registry["scoring"][1] == ["samples", "weak", "weak_ref"] and registry["sampling"][1] == ["exemplars", "data", "strong"]
     assert {f"evaluate_{p}" for p in ("naive_sft", "refinement", "dpo_weak_reward", "strong_evaluator", "eve")} <= set(flows["baselines"])
+    # make run reports the paper's comparison (fig. 3/4): naive SFT is in the eve flow, on D_weak by
+    # default and on matched_demos (fig. 6's equal training size) when the config asks for it
+    assert {"naive_sft", "evaluate_naive_sft"} <= set(eve) and "matched_demos" not in eve
+    matched = flows["eve[matched]"]
+    assert set(matched) - set(eve) == {"matched_demos"} and matched.index("matched_demos") < matched.index("naive_sft")
+    assert registry["matched_demos"][1] == ["data", "weak"] and registry["naive_sft"][1] == ["demos", "strong"]
 
 
 def test_a_misspelt_stage_in_orchestration_is_rejected_before_compute(tmp_path):

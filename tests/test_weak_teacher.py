@@ -116,3 +116,38 @@ def test_bad_preferences_named_before_training(ctx):
     base = execute(ctx, Stage("weak_base", 99), ModelSpec(), {}, lambda w, r: StageOutput({}))
     with pytest.raises(ValueError, match=r"rows \[1\] have empty or identical chosen/rejected"):
         weak_sft.run(ctx, training_slice(config.weak_sft, config), data=data, base=base)
+
+
+def test_matched_demos_answer_every_student_prompt_k_times_and_naive_sft_trains_on_them(tiny_pipeline):
+    """Fig. 6's equal training size: π_weak's K answers to EVE's own student prompts, n_student·K
+    rows, each with its prompt's text and meta, the gold reward of its own text; the draw is the
+    run seed's (another seed changes answers), and naive SFT takes the table as it takes D_weak."""
+    from tasks.matched_demos import MatchedDemosSlice, matched_demos
+    from tasks.naive_sft import naive_sft
+    from w2s.rewards import SummaryFactsReward
+    from w2s.train_stage import training_slice
+
+    config, ctx = tiny_pipeline["config"], tiny_pipeline["ctx"]
+    matched = matched_demos.run(ctx, MatchedDemosSlice.from_pipeline(config), data=tiny_pipeline["data"], weak=tiny_pipeline["dpo"])
+    table = pq.read_table(matched.local_dir() / "weak_demos.parquet")
+    student = pq.read_table(tiny_pipeline["data"].local_dir() / "student.parquet").to_pylist()
+    k = config.sampling.k
+    assert table.num_rows == len(student) * k
+    rows = table.to_pylist()
+    for i, prompt in enumerate(student):
+        block = rows[i * k:(i + 1) * k]
+        assert [r["sample_idx"] for r in block] == list(range(k))
+        assert {(r["prompt_id"], r["prompt"], r["meta"]) for r in block} == {(prompt["prompt_id"], prompt["prompt"], prompt["meta"])}
+    recomputed = SummaryFactsReward().score([r["prompt"] for r in rows], [r["response"] for r in rows], [r["meta"] for r in rows])
+    assert recomputed.tolist() == pytest.approx(table.column("gold_reward").to_pylist())
+    assert len(set(table.column("response").to_pylist())) > len(student)  # K draws, not K copies
+    reseeded = config.model_copy(update={"run": config.run.model_copy(update={"seed": 5})})
+    other = matched_demos.run(ctx, MatchedDemosSlice.from_pipeline(reseeded), data=tiny_pipeline["data"], weak=tiny_pipeline["dpo"])
+    assert pq.read_table(other.local_dir() / "weak_demos.parquet").column("response").to_pylist() != table.column("response").to_pylist()
+    from tasks.base_models import strong_base
+
+    strong = strong_base.run(ctx, config.models.strong)
+    sft = naive_sft.run(ctx, training_slice(config.baselines.naive_sft, config), demos=matched, strong=strong)
+    trained = json.loads((sft.local_dir() / "manifest.json").read_text())
+    assert trained["inputs"]["demos"] == matched.digest
+    assert pq.read_table(sft.local_dir() / "train" / "d_weak.parquet").num_rows == table.num_rows

@@ -253,7 +253,7 @@ def headline(report: Report, method: str = "eve", baseline: str = "naive_sft") -
         return ""
     ours = mean_ci95(report.policies[method].pgr)
     if baseline not in report.policies:
-        return f"**EVE: PGR {ours}** (naive SFT is not in this flow; `w2s baselines` trains it)."
+        return f"**EVE: PGR {ours}** (this run evaluated no naive SFT)."
     theirs = mean_ci95(report.policies[baseline].pgr)
     paired = next((row for row in report.paired_rows(method) if row["baseline"] == baseline), None)
     difference = "" if paired is None else (f"; paired by seed, EVE − naive SFT = {paired[f'PGR({method}) − PGR(baseline)']}"

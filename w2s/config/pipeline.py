@@ -276,6 +276,12 @@ class BaselinesConfig(Section):
     naive_sft: StudentConfig = Field(
         StudentConfig(), description="SFT of the strong model on D_weak (the W2S baseline); same loss as the EVE student."
     )
+    # §5 trains naive SFT on D_weak (π_weak's answers to the weak-demo prompts; the paper gives no size);
+    # fig. 6 compares EVE and SFT at equal training-set size, which `matched` builds: π_weak answers each
+    # of EVE's n_student prompts sampling.k times (stage matched_demos), so both train one epoch on as many rows.
+    naive_sft_data: Literal["d_weak", "matched"] = Field(
+        "d_weak", description="Naive SFT's data: D_weak, or π_weak's K answers to EVE's own student prompts (equal size, fig. 6)."
+    )
     refinement: RefinementConfig = RefinementConfig()
     dpo_weak_reward: WeakRewardDPOConfig = WeakRewardDPOConfig()
     strong_evaluator: StrongEvaluatorConfig = StrongEvaluatorConfig()
