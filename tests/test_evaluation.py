@@ -85,7 +85,7 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     np.testing.assert_allclose(eve.win, [0.5, 0.625])
     np.testing.assert_allclose(eve.curve[0.5], [0.0, 0.0])
     assert eve.kl == [0.3, 0.3] and len(eve.kl_win) == 4
-    assert report.sweeps["beta_over_lambda"][math.inf] == [0.0, 0.0]
+    assert report.sweeps["beta_over_lambda"]["eve"][math.inf] == [0.0, 0.0]
     assert "eve" in report.policies and not report.warnings
     images = plot_report(report, tmp_path)
     assert {p.name for p in images} >= {"pgr_bars.png", "pgr_over_training.png", "pgr_vs_beta_over_lambda.png", "winrate_vs_kl.png"}
@@ -114,6 +114,26 @@ def test_report_pgr_win_rate_and_seeds_against_hand_computation(tmp_path):
     assert markdown.splitlines()[2] == top and str(mean_ci95([0.5 / 1.5, 0.55 / 1.5])) in top and str(mean_ci95(differences)) in top
 
 
+def test_a_k_sweep_reports_each_policy_it_ran(tmp_path):
+    """Fig. 6 scales EVE and naive SFT: a K sweep holds a PGR column per policy, a point a policy did
+    not run is shown as missing, never borrowed from another policy."""
+    ids = ["a", "b"]
+    evaluations = {"weak/seed:0": _samples(dict(zip(ids, [0.0, 1.0]))), "strong_ceiling/seed:0": _samples(dict(zip(ids, [2.0, 2.0]))),
+                   "reference/seed:0": _samples(dict(zip(ids, [1.0, 1.0]))), "eve/seed:0": _samples(dict(zip(ids, [1.0, 1.0])))}
+    evaluations["eve/seed:0/k:2"] = _samples(dict(zip(ids, [1.0, 1.0])))  # P 1.0, P_weak 0.5, P_strong 2 → PGR 1/3
+    evaluations["eve/seed:0/k:8"] = _samples(dict(zip(ids, [2.0, 1.0])))  # P 1.5 → 2/3
+    evaluations["naive_sft/seed:0/k:8"] = _samples(dict(zip(ids, [0.0, 1.0])))  # P 0.5 → 0
+    report = build_report(evaluations)
+    np.testing.assert_allclose(report.sweeps["k"]["eve"][2.0], [1 / 3])
+    np.testing.assert_allclose(report.sweeps["k"]["eve"][8.0], [2 / 3])
+    assert report.sweeps["k"]["naive_sft"] == {8.0: [0.0]} and set(report.sweeps) == {"k"}
+    images = plot_report(report, tmp_path)
+    markdown = render_markdown(report, images, "t")
+    assert "| K | PGR(eve) | PGR(naive_sft) |" in markdown
+    assert f"| 2 | {mean_ci95([1 / 3])} | – |" in markdown and f"| 8 | {mean_ci95([2 / 3])} | {mean_ci95([0.0])} |" in markdown
+    assert "pgr_vs_k.png" in {p.name for p in images}
+
+
 def test_the_html_report_escapes_raw_html_in_the_markdown():
     page = render_html("# t\n\n<script>alert(1)</script> a & b\n", [])
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -140,8 +160,37 @@ def test_sweep_labels_are_valid_mlflow_param_keys():
     from tests.conftest import REPO
 
     config = load_config(REPO / "configs" / "tiny.yaml", ["sweep.seeds=[0, 3]", "sweep.k=[2, 4]"])
-    labels = [f"eve/{suffix}" for suffix, _ in sweep_points(config)] + ["naive_sft/seed:3"]
+    labels = [f"eve/{suffix}" for suffix, *_ in sweep_points(config)] + ["naive_sft/seed:3"]
     assert len(labels) == 9
     for label in labels:
         _validate_param_name(f"input.evaluations.{label}")
         assert str(Label.parse(label)) == label
+
+
+def test_a_matched_k_sweep_trains_naive_sft_at_each_k_and_reports_both():
+    """Traced, nothing computed: with naive_sft_data=matched each K point trains its own naive SFT on
+    its own matched_demos (K answers per prompt), and the report gets `naive_sft/seed:s/k:K` beside
+    EVE's; with D_weak (the default) naive SFT does not depend on K and is not swept."""
+    from flows.sweep import sweep
+    from tests.conftest import REPO
+    from w2s.artifacts import ArtifactRef
+    from w2s.config.loading import load_config
+    from w2s.orchestration import trace_flow
+
+    def traced(*overrides):
+        calls = []
+
+        def record(declared, ctx, config, inputs):
+            calls.append((declared.name, config, inputs))
+            return ArtifactRef(stage=declared.name, key=f"k{len(calls)}", uri=f"traced://{len(calls)}", digest="0" * 64)
+
+        trace_flow(sweep, load_config(REPO / "configs" / "tiny.yaml", ["sweep.k=[2, 8]", "sweep.beta_over_lambda=[1.0]", *overrides]), record)
+        return calls
+
+    calls = traced("baselines.naive_sft_data=matched")
+    report_labels = set(next(inputs for name, _, inputs in calls if name == "report")["evaluations"])
+    assert {"naive_sft/seed:0/k:2", "naive_sft/seed:0/k:8", "eve/seed:0/k:8", "naive_sft/seed:0"} <= report_labels
+    base_k = load_config(REPO / "configs" / "tiny.yaml", []).sampling.k
+    assert sorted(config.sampling.k for name, config, _ in calls if name == "matched_demos") == sorted([base_k, 2, 8])  # base run + each K
+    default = set(next(inputs for name, _, inputs in traced() if name == "report")["evaluations"])
+    assert "naive_sft/seed:0/k:8" not in default and "eve/seed:0/k:8" in default

@@ -75,7 +75,7 @@ class PolicyResult:
 @dataclass
 class Report:
     policies: dict[str, PolicyResult]
-    sweeps: dict[str, dict[float, list[float]]]  # "beta_over_lambda" | "k" → value → PGR per seed
+    sweeps: dict[str, dict[str, dict[float, list[float]]]]  # "beta_over_lambda" | "k" → policy → value → PGR per seed
     warnings: list[str]
 
     def table_rows(self) -> list[dict[str, str]]:
@@ -135,7 +135,7 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
         if label.policy in (WEAK, STRONG, REFERENCE) and label.swept is None:
             anchors[label.seed][label.policy] = _rewards(_rows_at(table, "checkpoint", "final"))
     policies: dict[str, PolicyResult] = {}
-    sweeps: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    sweeps: dict[str, dict[str, dict[float, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     warnings: list[str] = []
     for seed, found in sorted(anchors.items()):
         missing = {WEAK, STRONG} - set(found)
@@ -152,7 +152,7 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
         value = pgr(_mean(final), p_weak, p_strong)
         if label.swept is not None:
             name, point = label.swept
-            sweeps[name][point].append(value)
+            sweeps[name][label.policy][point].append(value)
             continue
         result = policies.setdefault(label.policy, PolicyResult())
         result.p.append(_mean(final))
@@ -168,7 +168,8 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
             result.curve[fraction].append(pgr(_mean(rewards), p_weak, p_strong))
             if "k3" in rows.column_names and reference:
                 result.kl_win.append((fraction, float(np.mean(rows["k3"].to_numpy())), _paired_win(rewards, reference)))
-    return Report(policies, {name: dict(points) for name, points in sweeps.items()}, warnings)
+    return Report(policies, {name: {policy: dict(points) for policy, points in by_policy.items()} for name, by_policy in sweeps.items()},
+                  warnings)
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -214,23 +215,27 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
     ax.set_xlabel("training progress (% of the run)")
     ax.set_ylabel("PGR (%)")
     ax.set_title("PGR over training (fig. 3)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     save(fig, "pgr_over_training.png")
 
-    for name, sweep in report.sweeps.items():
+    for name, by_policy in report.sweeps.items():
         symbol = "β/λ" if name == "beta_over_lambda" else "K"
-        finite = sorted(v for v in sweep if math.isfinite(v))
-        keys = finite + ([math.inf] if math.inf in sweep else [])
-        xs = finite + ([max(finite or [1.0]) * 10] if math.inf in sweep else [])  # ∞ drawn one decade right
-        stats = [mean_ci95(sweep[k]) for k in keys]
+        points = sorted({v for sweep in by_policy.values() for v in sweep})
+        finite = [v for v in points if math.isfinite(v)]
+        at = {v: v for v in finite} | ({math.inf: max(finite or [1.0]) * 10} if math.inf in points else {})  # ∞ one decade right
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.errorbar(xs, [100 * s.mean for s in stats], yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats],
-                    marker="o", capsize=4)
+        for policy, sweep in sorted(by_policy.items()):
+            keys = [v for v in points if v in sweep]
+            stats = [mean_ci95(sweep[k]) for k in keys]
+            ax.errorbar([at[k] for k in keys], [100 * s.mean for s in stats], marker="o", capsize=4, label=policy,
+                        yerr=[0 if math.isnan(s.half_width) else 100 * s.half_width for s in stats])
         ax.set_xscale("log")
-        ax.set_xticks(xs, [("∞" if math.isinf(k) else f"{k:g}") for k in keys])
+        ax.set_xticks(list(at.values()), [("∞" if math.isinf(k) else f"{k:g}") for k in at])
         ax.set_xlabel(symbol)
         ax.set_ylabel("PGR (%)")
-        ax.set_title(f"EVE's PGR vs {symbol} (fig. {5 if name == 'beta_over_lambda' else 6})")
+        ax.set_title(f"PGR vs {symbol} (fig. {5 if name == 'beta_over_lambda' else 6})")
+        ax.legend(fontsize=8)
         save(fig, f"pgr_vs_{name}.png")
 
     points = {n: r.kl_win for n, r in report.policies.items() if r.kl_win}
@@ -272,9 +277,13 @@ def render_markdown(report: Report, images: list[Path], title: str, sections: tu
     if paired:
         lines += ["", "**EVE against each baseline, paired by seed** (mean ± 95 % CI of the per-seed difference)", "",
                   *_markdown_table(paired)]
-    for name, sweep in report.sweeps.items():
-        lines += ["", f"| EVE, {'β/λ' if name == 'beta_over_lambda' else 'K'} | PGR |", "|---|---|"]
-        lines += [f"| {'∞' if math.isinf(k) else f'{k:g}'} | {mean_ci95(v)} |" for k, v in sorted(sweep.items())]
+    for name, by_policy in report.sweeps.items():
+        policies = sorted(by_policy)
+        lines += ["", f"| {'β/λ' if name == 'beta_over_lambda' else 'K'} | " + " | ".join(f"PGR({p})" for p in policies) + " |",
+                  "|---|" + "---|" * len(policies)]
+        for k in sorted({v for sweep in by_policy.values() for v in sweep}):
+            cells = [str(mean_ci95(by_policy[p][k])) if k in by_policy[p] else "–" for p in policies]
+            lines.append(f"| {'∞' if math.isinf(k) else f'{k:g}'} | " + " | ".join(cells) + " |")
     for section in sections:
         lines += ["", *section]
     if report.warnings:
