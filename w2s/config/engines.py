@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from w2s.content import content_input
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from w2s.config.base import PositiveInt, Section
 
@@ -15,6 +15,10 @@ from w2s.config.base import PositiveInt, Section
 class GenerationEngineConfig(Section):
     backend: Literal["auto", "vllm", "hf"] = Field("auto", description="auto: vLLM when importable.")
     tensor_parallel_size: PositiveInt = 1
+    data_parallel_size: PositiveInt = Field(
+        1, description="vLLM engines side by side, each on tensor_parallel_size GPUs (on CPU: its own share of the cores); "
+        "the requests are split between them. A sample depends only on its own seed, not on which engine drew it."
+    )
     enforce_eager: bool | None = Field(None, description="Default: True on CPU (init 23 s vs 110 s).")
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
@@ -33,6 +37,12 @@ class TrainingEngineConfig(Section):
     zero_stage: int = Field(0, ge=0, le=3)
     deepspeed_config: str | None = content_input(None, description="A ZeRO JSON (keyed by content); default configs/deepspeed/zero<stage>.json.")
     world_size: PositiveInt = 1
+    # nodes > 1: each training stage becomes a Kubernetes Indexed Job of `nodes` pods with world_size / nodes
+    # GPUs each (w2s/training/multinode.py); the stage's W2S_STAGING_DIR and TMPDIR must lie on `staging_claim`,
+    # which the node pods mount at the same path, so the spec, the model and the data read the same there.
+    nodes: PositiveInt = Field(1, description="Nodes the training ranks spread over; > 1 runs each training stage as an Indexed Job.")
+    node_image: str | None = Field(None, description="Image of the node pods (nodes > 1); default $W2S_GPU_IMAGE.")
+    staging_claim: str | None = Field(None, description="PersistentVolumeClaim holding W2S_STAGING_DIR (nodes > 1).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 on a GPU or a CPU with AMX/AVX512-BF16, else fp32 (master weights, optimiser "
         "state and the loss stay fp32); resolved before the stage key (w2s/precision.py).")
@@ -40,6 +50,15 @@ class TrainingEngineConfig(Section):
         50, description="Save a DeepSpeed checkpoint (weights, optimiser, RNG) for resume every N steps."
     )
     log_every_steps: PositiveInt = Field(1, description="Log metrics to MLflow every N optimiser steps.")
+
+    @model_validator(mode="after")
+    def _nodes_fit(self) -> TrainingEngineConfig:
+        if self.world_size % self.nodes:
+            raise ValueError(f"engines.training.world_size={self.world_size} is not a multiple of nodes={self.nodes}")
+        if self.nodes > 1 and not self.staging_claim:
+            raise ValueError("engines.training.nodes > 1 needs engines.training.staging_claim: the node pods read the "
+                             "spec, model and data from the shared staging volume")
+        return self
 
 
 class EnginesConfig(Section):

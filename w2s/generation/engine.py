@@ -95,6 +95,9 @@ class Engine:
         if not (Path(self.model_dir) / "config.json").exists():
             raise FileNotFoundError(f"no model folder (config.json) at {self.model_dir}")
         self.backend = resolve_backend(self.engine_cfg)
+        if self.engine_cfg.data_parallel_size > 1 and self.backend != "vllm":
+            raise ValueError(f"engines.generation.data_parallel_size={self.engine_cfg.data_parallel_size} needs the vLLM backend "
+                             f"(this engine is {self.backend!r})")
         self.context = effective_context(self.model_dir, self.engine_cfg.max_model_len)
 
     @cached_property
@@ -113,7 +116,11 @@ class Engine:
         """Starts the backend now; returns its init time in seconds (0 if already running)."""
         if self._impl is not None:
             return 0.0
-        if self.backend == "vllm":
+        if self.backend == "vllm" and self.engine_cfg.data_parallel_size > 1:
+            from w2s.generation.data_parallel import DataParallelVLLM
+
+            self._impl = DataParallelVLLM(self.engine_cfg, self.model_dir, self.seed, self.context)
+        elif self.backend == "vllm":
             from w2s.generation.vllm_backend import VLLMEngine
 
             self._impl = VLLMEngine(self.engine_cfg, self.model_dir, self.seed, self.context)

@@ -69,13 +69,17 @@ def shared_prefix(prompts: list[str], min_chars: int) -> str:
 class VLLMEngine:
     backend = "vllm"
 
-    def __init__(self, engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, context: int):
+    def __init__(self, engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, context: int,
+                 env_extra: dict[str, str] | None = None, wait: bool = True):
+        """Spawns the engine process and asks it to load; `wait=False` returns at once (several
+        replicas then load side by side) and `await_init` collects the answer."""
         self.engine_cfg, self.context = engine_cfg, context
         self.kwargs = llm_kwargs(engine_cfg, model_dir, seed, context)
         child_rx, parent_tx = os.pipe()
         parent_rx, child_tx = os.pipe()
         env = dict(os.environ)
         env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        env.update(env_extra or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
         try:
             log_fd = sys.stderr.fileno()
@@ -89,8 +93,13 @@ class VLLMEngine:
         os.close(child_tx)
         self._tx = os.fdopen(parent_tx, "w", encoding="utf-8")
         self._rx = os.fdopen(parent_rx, "r", encoding="utf-8")
+        self._send({"op": "init", "llm": self.kwargs})
+        if wait:
+            self.await_init()
+
+    def await_init(self) -> None:
         try:
-            reply = self._call({"op": "init", "llm": self.kwargs})
+            reply = self._receive()
         except BaseException:
             self.close()
             raise
@@ -98,13 +107,15 @@ class VLLMEngine:
         self.info = {"backend": "vllm", "vllm_version": reply["vllm_version"], "pid": self.proc.pid,
                      **{k: v for k, v in self.kwargs.items() if k not in ("model", "tokenizer")}}
 
-    def _call(self, msg: dict) -> dict:
+    def _send(self, msg: dict) -> None:
         try:
             self._tx.write(json.dumps(msg) + "\n")
             self._tx.flush()
-            line = self._rx.readline()
         except BrokenPipeError:
-            line = ""
+            pass  # the process is gone: _receive reads end-of-file and reports its exit code
+
+    def _receive(self) -> dict:
+        line = self._rx.readline()
         if not line:
             code = self.proc.wait(timeout=30)
             raise RuntimeError(f"the vLLM engine process exited (code {code}); its log is above on stderr")
@@ -114,6 +125,11 @@ class VLLMEngine:
         return reply
 
     def generate(self, requests: list[Request], params: GenerationParams) -> tuple[list[Record], dict]:
+        self.submit(requests, params)
+        return self.collect(requests)
+
+    def submit(self, requests: list[Request], params: GenerationParams) -> None:
+        """Sends the requests without waiting (data-parallel replicas generate side by side)."""
         prompts = [r.prompt for r in requests]
         msg = {
             "op": "generate",
@@ -122,7 +138,10 @@ class VLLMEngine:
             # ~4 characters per token: a prefix shorter than two blocks is not worth a warm-up call
             "warm_prefix": shared_prefix(prompts, 8 * self.kwargs.get("block_size", 16)) if self.engine_cfg.enable_prefix_caching else "",
         }
-        reply = self._call(msg)
+        self._send(msg)
+
+    def collect(self, requests: list[Request]) -> tuple[list[Record], dict]:
+        reply = self._receive()
         records = []
         for request, samples in zip(requests, reply["results"], strict=True):
             if len(samples) != request.n:

@@ -3,7 +3,8 @@
 The parent writes the call as JSON (configs, paths, the MLflow run id), runs
 `<this python> -m deepspeed.launcher.runner --num_gpus N --master_port P --module
 w2s.training.rank <spec>` (the launcher of the environment running w2s, not whatever `deepspeed`
-is on PATH) and waits; each rank (w2s/training/rank.py) calls `train` with LOCAL_RANK set by the
+is on PATH) and waits (with `engines.training.nodes > 1`, a Kubernetes Job of that many pods instead:
+w2s/training/multinode.py); each rank (w2s/training/rank.py) calls `train` with LOCAL_RANK set by the
 launcher, and rank 0 writes `train_result.json`, which the parent returns. A Table given as ref_logps is written to Parquet for the children.
 """
 
@@ -63,15 +64,19 @@ def rank_env() -> dict[str, str]:
 
 
 def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
-    from w2s.training.engine import _free_port
-
     out = Path(out_dir)
     spec_path = write_spec(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
-    command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size), "--master_port", str(_free_port()),
-               "--module", "w2s.training.rank", str(spec_path)]
-    env = rank_env()
-    completed = subprocess.run(command, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
+    if engine.nodes > 1:
+        from w2s.training.multinode import run_job
+
+        run_job(spec_path, engine)
+    else:
+        from w2s.training.engine import _free_port
+
+        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size),
+                   "--master_port", str(_free_port()), "--module", "w2s.training.rank", str(spec_path)]
+        completed = subprocess.run(command, env=rank_env())
+        if completed.returncode != 0:
+            raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
     return json.loads((out / "train_result.json").read_text())  # TrainResult.to_json() of rank 0

@@ -1,7 +1,7 @@
 """Training across several nodes: one pod per node, PyTorch's rendezvous, the same rank entry point.
 
 A single node runs its ranks under DeepSpeed's launcher (w2s/training/launcher.py). With
-`engines.training.nodes: N > 1` every node runs
+`engines.training.nodes: N > 1` the launcher calls `run_job` instead, and every node runs
 
     python -m torch.distributed.run --nnodes N --nproc-per-node P --node-rank R \\
         --master-addr <pod 0> --master-port 29500 -m w2s.training.rank <spec>
@@ -12,14 +12,26 @@ spread out. On Kubernetes the nodes are the pods of an Indexed Job (`job_manifes
 R from `JOB_COMPLETION_INDEX`, a headless Service gives pod 0 a stable DNS name for the
 rendezvous, each pod asks for P GPUs, and the spec, model and data sit on the shared volume that
 holds the staging folder (`W2S_STAGING_DIR`), where rank 0 writes `train_result.json`.
-`tests/test_multinode.py` renders the manifest, checks it, and runs its container command as two
-local "nodes" of one rank each, against one node of two ranks.
+`run_job` checks that everything the spec names lies on that volume, applies the manifest with
+`kubectl` ($W2S_KUBECTL, default `kubectl`), polls the Job until all N pods succeeded or one
+failed (then its pods' last log lines are in the error), and deletes the Job and Service either way.
+`tests/test_multinode.py` renders the manifest, checks it, runs its container command as two local
+"nodes" of one rank each against one node of two ranks, and runs a training stage end to end with
+nodes: 2 through `run_job` against tests/fake_kubectl.py, a stand-in for the cluster API that starts
+the Job's pods as local processes (the ranks, the rendezvous and the training are real).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import shlex
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 RANK_ENTRY = "w2s.training.rank"
 RENDEZVOUS_PORT = 29500
@@ -72,3 +84,52 @@ def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_nod
         },
     }
     return [service, job]
+
+
+def _kubectl(args: list[str], stdin: str | None = None) -> str:
+    command = [*shlex.split(os.environ.get("W2S_KUBECTL", "kubectl")), *args]
+    done = subprocess.run(command, input=stdin, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done.stdout
+
+
+def spec_paths_outside(spec: dict, staging_dir: str) -> list[str]:
+    """The paths a rank reads or writes that the node pods could not see (not under the volume)."""
+    root = Path(staging_dir).resolve()
+    named = [spec["model_dir"], spec["out_dir"], *spec["data_files"], spec.get("ref_logps"), spec.get("resume_dir")]
+    return [p for p in named if p and not Path(p).resolve().is_relative_to(root)]
+
+
+def run_job(spec_path: Path, engine, poll_s: float = 5.0) -> None:
+    """Runs one training stage's ranks as an Indexed Job (engine.nodes pods) and waits for it."""
+    staging = os.environ.get("W2S_STAGING_DIR")
+    if not staging:
+        raise RuntimeError("engines.training.nodes > 1: set W2S_STAGING_DIR (and TMPDIR) to a folder on the volume of "
+                           f"engines.training.staging_claim={engine.staging_claim!r}")
+    outside = spec_paths_outside(json.loads(Path(spec_path).read_text()), staging)
+    if outside:
+        raise RuntimeError(f"engines.training.nodes > 1: {outside[0]} is not under W2S_STAGING_DIR={staging}, so the node "
+                           "pods cannot read it (set TMPDIR under W2S_STAGING_DIR too: inputs are materialised there)")
+    image = engine.node_image or os.environ.get("W2S_GPU_IMAGE")
+    if not image:
+        raise RuntimeError("engines.training.nodes > 1 needs an image for the node pods: engines.training.node_image or $W2S_GPU_IMAGE")
+    name = job_name("train", hashlib.sha256(str(Path(spec_path).resolve()).encode()).hexdigest())
+    items = job_manifest(name, image, str(spec_path), engine.nodes, engine.world_size // engine.nodes, engine.staging_claim, staging)
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    _kubectl(["apply", "-f", "-"], manifest)
+    try:
+        _wait(name, engine.nodes, poll_s)
+    finally:
+        _kubectl(["delete", "-f", "-", "--ignore-not-found=true", "--wait=false"], manifest)
+
+
+def _wait(name: str, nodes: int, poll_s: float) -> None:
+    while True:
+        status = json.loads(_kubectl(["get", "job", name, "-o", "json"])).get("status", {})
+        if status.get("failed", 0) > 0:
+            logs = _kubectl(["logs", "-l", f"w2s/job={name}", "--tail=40", "--prefix=true"])
+            raise RuntimeError(f"training job {name}: {status['failed']} of {nodes} node pods failed; their last lines:\n{logs}")
+        if status.get("succeeded", 0) >= nodes:
+            return
+        time.sleep(poll_s)
