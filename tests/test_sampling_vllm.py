@@ -45,6 +45,16 @@ def samples(world, engine, tmp_path_factory):
     return sampling.run(at(ctx, tmp_path_factory.mktemp("vllm-shared")), CFG, **refs, engine=engine)
 
 
+def assert_same_draws(one, other) -> None:
+    """Two sampling artifacts of the same requests: every row's identity and seed equal, and all but
+    a rare few completions (batched bf16 kernels may move a logit in its last bits)."""
+    a, b = read_samples(one), read_samples(other)
+    fixed = ["prompt_id", "sample_idx", "prompt", "fewshot_prompt", "seed"]
+    assert a.select(fixed).equals(b.select(fixed))
+    same = sum(x == y for x, y in zip(a.column("completion").to_pylist(), b.column("completion").to_pylist()))
+    assert same >= 0.75 * a.num_rows, f"only {same} of {a.num_rows} completions reproduced"
+
+
 def test_vllm_stage_writes_k_rows_per_prompt_with_the_schema(world, samples):
     _, refs = world
     check_samples(read_samples(samples), refs, CFG)
@@ -80,11 +90,7 @@ def test_vllm_same_seed_same_completions_in_a_fresh_process(world, samples, engi
     # per-sample seeds; the same draws wherever the logits agree, but batched bf16 kernels may move
     # a logit in its last bits and so, rarely, change a sample. So: every row's identity and seed
     # equal, and all but a rare few completions equal.
-    a, b = read_samples(fresh), read_samples(samples)
-    fixed = ["prompt_id", "sample_idx", "prompt", "fewshot_prompt", "seed"]
-    assert a.select(fixed).equals(b.select(fixed))
-    same = sum(x == y for x, y in zip(a.column("completion").to_pylist(), b.column("completion").to_pylist()))
-    assert same >= 0.75 * a.num_rows, f"only {same} of {a.num_rows} completions reproduced"
+    assert_same_draws(fresh, samples)
     # The stage's engine process (and vLLM's own workers) are gone: memory is back.
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
@@ -103,9 +109,5 @@ def test_two_data_parallel_replicas_draw_the_samples_one_engine_draws(world, sam
     assert info["data_parallel_size"] == 2 and len(set(info["pid"])) == 2
     bound = [env["VLLM_CPU_OMP_THREADS_BIND"] for env in info["replica_env"]]
     assert len(set(bound)) == 2 and not set(bound[0].split(",")) & set(bound[1].split(","))
-    a, b = read_samples(parallel), read_samples(samples)
-    fixed = ["prompt_id", "sample_idx", "prompt", "fewshot_prompt", "seed"]
-    assert a.select(fixed).equals(b.select(fixed))
-    same = sum(x == y for x, y in zip(a.column("completion").to_pylist(), b.column("completion").to_pylist()))
-    assert same >= 0.75 * a.num_rows, f"only {same} of {a.num_rows} completions reproduced"
+    assert_same_draws(parallel, samples)
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
