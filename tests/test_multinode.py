@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,7 +83,8 @@ def test_two_nodes_of_one_rank_train_what_one_node_of_two_ranks_trains(tmp_path,
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
-        through_job = train(cfg, two_pods, "sft", tiny_char_model_dir, [data], tmp_path / "job", progress=False)
+        model = shutil.copytree(tiny_char_model_dir, tmp_path / "staged-model")  # inputs live on the shared volume
+        through_job = train(cfg, two_pods, "sft", model, [data], tmp_path / "job", progress=False)
     c = load_weights(tmp_path / "job" / "model")
     assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6 * max(1.0, changed)
     assert through_job.metrics["world_size"] == 2 and not (tmp_path / "job" / "launch_spec.json").exists()
