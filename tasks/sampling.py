@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
@@ -71,9 +72,14 @@ def read_exemplars(ref: ArtifactRef, store: ArtifactStore, num_shots: int) -> pa
     missing = [c for c in EXEMPLAR_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"exemplar artifact lacks columns {missing} (has {table.column_names})")
-    if table.num_rows < num_shots:
-        raise ValueError(f"sampling.num_shots={num_shots} but the exemplar artifact has {table.num_rows} rows")
-    return table.select(list(EXEMPLAR_COLUMNS))
+    # π_weak may answer a pool prompt with nothing; an empty answer demonstrates nothing, so the draw
+    # is from the answered rows (how many were left out is in the stage's info)
+    answered = pa.compute.greater(pa.compute.utf8_length(pa.compute.utf8_trim_whitespace(table["response"].fill_null(""))), 0)
+    usable = table.filter(answered)
+    if usable.num_rows < num_shots:
+        raise ValueError(f"sampling.num_shots={num_shots} but the exemplar artifact has {usable.num_rows} rows with a "
+                         f"non-empty response (of {table.num_rows})")
+    return usable.select(list(EXEMPLAR_COLUMNS))
 
 
 def draw_exemplars(cfg: SamplingStageConfig, pool_size: int, prompt_id: str) -> list[int]:

@@ -46,6 +46,7 @@ def test_the_job_manifest_starts_one_pod_per_node_that_rendezvous_at_pod_zero():
     claim = next(v for v in pod["volumes"] if v["name"] == "staging")["persistentVolumeClaim"]["claimName"]
     assert claim == "w2s-staging" and mounts["staging"] == "/staging" and mounts["dshm"] == "/dev/shm"
     assert {"name": "W2S_STAGING_DIR", "value": "/staging"} in container["env"]
+    assert {"name": "W2S_LAUNCHED_RANK", "value": "1"} in container["env"]  # a rank trains, never launches again
 
 
 @pytest.mark.slow
@@ -83,6 +84,8 @@ def test_two_nodes_of_one_rank_train_what_one_node_of_two_ranks_trains(tmp_path,
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
             patch.setenv(key, value)
+        # as in a test process that trained single-process before: the pods' ranks must still train
+        patch.setenv("W2S_SINGLE_PROCESS_PID", str(os.getpid()))
         model = shutil.copytree(tiny_char_model_dir, tmp_path / "staged-model")  # inputs live on the shared volume
         through_job = train(cfg, two_pods, "sft", model, [data], tmp_path / "job", progress=False)
     c = load_weights(tmp_path / "job" / "model")

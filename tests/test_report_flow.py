@@ -44,8 +44,9 @@ def test_sweep_runs_every_baseline_and_reports(tmp_path):
     assert set(_cache(report.stdout)) and all(v == ["hit"] * len(v) for v in _cache(report.stdout).values()), report.stdout
     written = json.loads((out / "pgr.json").read_text())
     rows = {row["policy"]: row for row in written["rows"]}
-    assert set(rows) == {"weak", "reference", "strong_ceiling", "eve", *BASELINE_POLICIES}
-    assert {row["baseline"] for row in written["paired"]} == {"reference", *BASELINE_POLICIES}
+    # naive SFT is trained by the eve flow itself (the paper's main comparison), the rest by baselines
+    assert set(rows) == {"weak", "reference", "strong_ceiling", "eve", "naive_sft", *BASELINE_POLICIES}
+    assert {row["baseline"] for row in written["paired"]} == {"reference", "naive_sft", *BASELINE_POLICIES}
     assert set(written["per_seed"]) == set(rows) and list(written["per_seed"]["eve"]) == ["0"]
     markdown = (out / "report.md").read_text()
     assert "| EVE, β/λ | PGR |" in markdown and "| ∞ |" in markdown

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 RANK_ENTRY = "w2s.training.rank"
+LAUNCHED_MARK = "W2S_LAUNCHED_RANK"  # w2s.training.engine.LAUNCHED_MARK (not imported: that pulls in torch)
 RENDEZVOUS_PORT = 29500
 
 
@@ -64,7 +65,9 @@ def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_nod
     }
     container = {
         "name": "rank", "image": image, "command": ["/bin/sh", "-c", " ".join(command)],
-        "env": [{"name": "W2S_STAGING_DIR", "value": staging_dir}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
+        # the Job is the ranks' launcher: marked, a rank trains instead of launching again
+        "env": [{"name": "W2S_STAGING_DIR", "value": staging_dir}, {"name": "HF_HUB_OFFLINE", "value": "1"},
+                {"name": LAUNCHED_MARK, "value": "1"}],
         "resources": {"limits": {"nvidia.com/gpu": gpus_per_node}, "requests": {"nvidia.com/gpu": gpus_per_node}},
         "ports": [{"containerPort": RENDEZVOUS_PORT}],
         "volumeMounts": [{"name": "staging", "mountPath": staging_dir}, {"name": "dshm", "mountPath": "/dev/shm"}],
