@@ -79,7 +79,7 @@ class DataParallelVLLM:
                      "data_parallel_size": len(self.replicas), "replica_env": envs}
 
     def generate(self, requests: list[Request], params: GenerationParams) -> tuple[list[Record], dict]:
-        runs = [run for run in split_requests(requests, len(self.replicas), params.max_tokens)]
+        runs = split_requests(requests, len(self.replicas), params.max_tokens)
         busy = [(replica, [requests[i] for i in run]) for replica, run in zip(self.replicas, runs) if run]
         for replica, part in busy:
             replica.submit(part, params)
