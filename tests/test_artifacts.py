@@ -154,3 +154,25 @@ def test_remote_root_through_fsspec_memory_filesystem(ctx):
     assert pq.read_table(local / "part-0.parquet").num_rows == 7
     execute(remote, Stage("t", 1), PipelineConfig().data, {}, _table_body(range(7), calls))
     assert calls == [1]
+
+
+def test_remote_copies_of_one_stage_and_key_with_other_bytes_never_share_a_folder(ctx, tmp_path):
+    """Two roots (two clusters, or a rerun whose training is not bitwise reproducible) can hold the
+    same stage and key with different files: each run reads exactly its own artifact's bytes, even
+    when both go through one local cache, and a file of the other never sits beside them."""
+    import pyarrow.parquet as pq
+
+    def body(name, values):
+        def write(writer, run):
+            writer.write_parquet("part-0.parquet", pa.table({"v": values}))
+            writer.write_bytes(name, b"only in this artifact")
+            return StageOutput({})
+        return write
+
+    refs = [execute(ctx.model_copy(update={"artifact_root": f"memory://w2s-root-{i}"}), Stage("t", 1), PipelineConfig().data,
+                    {}, body(f"extra-{i}.bin", values)) for i, values in enumerate(([1, 2], [3, 4]))]
+    assert refs[0].key == refs[1].key and refs[0].digest != refs[1].digest
+    folders = [ArtifactStore(ref.uri.rsplit("/t/", 1)[0]).materialise(ref, cache_dir=tmp_path) for ref in refs]
+    folders.append(ArtifactStore(refs[0].uri.rsplit("/t/", 1)[0]).materialise(refs[0], cache_dir=tmp_path))  # read again
+    assert [pq.read_table(f / "part-0.parquet").column("v").to_pylist() for f in folders] == [[1, 2], [3, 4], [1, 2]]
+    assert sorted(p.name for p in folders[0].iterdir() if p.is_file()) == ["extra-0.bin", MANIFEST, "part-0.parquet"]

@@ -99,4 +99,8 @@ def test_rehearsal_baselines_on_s3_with_two_ranks_survive_sigkills(tmp_path, s3)
 
     expected, got = _keys_and_digests(s3, "s3://w2s-rehearsal/clean"), _keys_and_digests(s3, root)
     assert "report" in expected and "evaluate_strong_evaluator" in expected and len(expected) >= 20
-    assert got == expected
+    # a stage whose key (config + input digests) matches but whose bytes do not is where the runs part
+    # ways; the stages after it differ only because their inputs do
+    diverged = sorted(stage for stage in expected if stage in got and got[stage][0] == expected[stage][0]
+                      and got[stage][1] != expected[stage][1])
+    assert got == expected, f"recomputed from equal inputs to other bytes: {diverged}"

@@ -49,7 +49,7 @@ def test_sweep_runs_every_baseline_and_reports(tmp_path):
     assert {row["baseline"] for row in written["paired"]} == {"reference", "naive_sft", *BASELINE_POLICIES}
     assert set(written["per_seed"]) == set(rows) and list(written["per_seed"]["eve"]) == ["0"]
     markdown = (out / "report.md").read_text()
-    assert "| EVE, β/λ | PGR |" in markdown and "| ∞ |" in markdown
+    assert "| β/λ | PGR(eve) |" in markdown and "| ∞ |" in markdown  # the sweep table: a PGR column per swept policy
     assert (out / "figures" / "pgr_bars.png").stat().st_size > 1000 and "data:image/png;base64," in (out / "report.html").read_text()
     # the weak-teacher signal of the first seed, over the run's β/λ and every swept one (w2s/teacher_signal.py)
     assert cache["teacher_signal"] == ["miss"] and "**Weak-teacher signal**" in markdown, markdown

@@ -222,7 +222,10 @@ class ArtifactStore:
         manifest = self.read_manifest(ref.stage, ref.key)
         if manifest is None or manifest.digest != ref.digest:
             raise ArtifactChanged(f"{ref.stage} artifact {ref.uri}: manifest missing or for other files than {ref.digest[:12]}")
-        target = Path(cache_dir or tempfile.gettempdir()) / "w2s-remote" / ref.stage / ref.key
+        # One folder per content digest, not per (stage, key): runs on other roots (or an earlier
+        # computation under this key) whose bytes differ never write into a folder this run reads, and
+        # every file a folder can hold belongs to this very manifest.
+        target = Path(cache_dir or tempfile.gettempdir()) / "w2s-remote" / ref.stage / f"{ref.key}-{manifest.digest[:16]}"
         for entry in manifest.files:
             self._download_verified(self.remote_path(ref.stage, ref.key, entry.path), target / entry.path, entry)
         atomic_write_bytes(target / MANIFEST, manifest.model_dump_json(indent=2).encode())
