@@ -9,7 +9,7 @@ stop sequence (every sample runs to max_tokens unless EOS), so tokens/s compare 
   wall time minus engine init and shutdown (fixed per run, printed apart; data reads, prompt
   building, checks, IPC, the prefix warm-up, Parquet and MLflow are all included).
 - raw: `vllm.LLM` in this process with the same engine arguments and seeds, one `generate` call.
-Goals (issue 4): stage ≥ 10× transformers; stage ≥ 0.8× raw.
+Goals (issues 4, 18): stage ≥ 10× transformers (bf16); stage ≥ 0.8× raw. Results: README's bench table.
 """
 
 from __future__ import annotations
@@ -87,6 +87,12 @@ def bench_raw_vllm(model_dir: Path, prompts: list[str], ids: list[str], k: int, 
     from w2s.generation.requests import model_context
     from w2s.generation.vllm_backend import llm_kwargs
 
+    import os
+
+    from w2s.generation.vllm_backend import worker_env
+
+    # the same OpenMP binding the stage's engine process gets (this process hosts the engine here)
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = worker_env(GenerationEngineConfig(backend="vllm"))["VLLM_CPU_OMP_THREADS_BIND"]
     started = time.perf_counter()
     llm = LLM(**llm_kwargs(GenerationEngineConfig(backend="vllm"), str(model_dir), 0, model_context(model_dir)))
     init = time.perf_counter() - started

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams, SamplingConfig
 from w2s.generation import Engine, Request, derive_seed, fewshot_prefix, fewshot_prompt, generate, refinement_prompt
-from w2s.generation.vllm_backend import shared_prefix
+from w2s.generation.vllm_backend import shared_prefix, worker_env
 
 HF = GenerationEngineConfig(backend="hf", hf_batch_size=4)
 EXEMPLARS = [("SUBREDDIT: r/a\nPOST: one\nTL;DR:", " first answer"), ("SUBREDDIT: r/b\nPOST: two\nTL;DR:", "second answer\n")]
@@ -148,6 +150,17 @@ def test_data_parallel_replicas_get_disjoint_devices_and_contiguous_balanced_wor
                                                                {"VLLM_CPU_OMP_THREADS_BIND": "4,5|6,7"}]
     with pytest.raises(ValueError, match="needs 4 CPU cores; this process may use 2"):
         replica_envs(2, 2, False, cores=[0, 1])
+    # one engine on CPU: every core this process may use, not vLLM's auto binding (which keeps one for
+    # its scheduler); a binding the user set, vLLM's own "auto" included, still decides
+    if not torch.cuda.is_available():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+            patch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+            assert worker_env(GenerationEngineConfig())["VLLM_CPU_OMP_THREADS_BIND"] == "0,1,2"
+            assert worker_env(GenerationEngineConfig(tensor_parallel_size=2))["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+            assert worker_env(GenerationEngineConfig(), {"VLLM_CPU_OMP_THREADS_BIND": "1"})["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+            patch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+            assert worker_env(GenerationEngineConfig())["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     rng = random.Random(7)
     requests = [Request(f"r{i}", "x" * rng.randint(10, 400), n=rng.choice([1, 4]), seed=i) for i in range(101)]
     for parts in (1, 2, 3, 8):

@@ -17,7 +17,7 @@ import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams
 from w2s.generation.requests import Record, Request
-from w2s.generation.vllm_backend import VLLMEngine
+from w2s.generation.vllm_backend import VLLMEngine, cpu_threads_bind
 
 
 def _groups(items: list, size: int, count: int) -> list[list]:
@@ -39,12 +39,7 @@ def replica_envs(data_parallel: int, tensor_parallel: int, on_gpu: bool,
                              f"{tensor_parallel} needs {need} GPUs; {len(gpus)} visible")
         return [{"CUDA_VISIBLE_DEVICES": ",".join(group)} for group in _groups(gpus, tensor_parallel, data_parallel)]
     cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
-    if len(cores) < need:
-        raise ValueError(f"engines.generation: data_parallel_size {data_parallel} × tensor_parallel_size "
-                         f"{tensor_parallel} needs {need} CPU cores; this process may use {len(cores)}")
-    per_rank = len(cores) // need
-    ranks = [",".join(map(str, group)) for group in _groups(cores, per_rank, need)]
-    return [{"VLLM_CPU_OMP_THREADS_BIND": "|".join(group)} for group in _groups(ranks, tensor_parallel, data_parallel)]
+    return [{"VLLM_CPU_OMP_THREADS_BIND": bind} for bind in cpu_threads_bind(cores, tensor_parallel, data_parallel)]
 
 
 def split_requests(requests: list[Request], parts: int, max_tokens: int) -> list[list[int]]:
