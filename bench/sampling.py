@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -85,16 +86,13 @@ def bench_raw_vllm(model_dir: Path, prompts: list[str], ids: list[str], k: int, 
     from w2s.config import GenerationEngineConfig
     from w2s.generation import derive_seed
     from w2s.generation.requests import model_context
-    from w2s.generation.vllm_backend import llm_kwargs
+    from w2s.generation.vllm_backend import llm_kwargs, worker_env
 
-    import os
-
-    from w2s.generation.vllm_backend import worker_env
-
+    engine_cfg = GenerationEngineConfig(backend="vllm")
     # the same OpenMP binding the stage's engine process gets (this process hosts the engine here)
-    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = worker_env(GenerationEngineConfig(backend="vllm"))["VLLM_CPU_OMP_THREADS_BIND"]
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = worker_env(engine_cfg)["VLLM_CPU_OMP_THREADS_BIND"]
     started = time.perf_counter()
-    llm = LLM(**llm_kwargs(GenerationEngineConfig(backend="vllm"), str(model_dir), 0, model_context(model_dir)))
+    llm = LLM(**llm_kwargs(engine_cfg, str(model_dir), 0, model_context(model_dir)))
     init = time.perf_counter() - started
     params = [SamplingParams(n=k, seed=derive_seed(0, i), temperature=1.0, top_p=1.0, max_tokens=max_tokens) for i in ids]
     started = time.perf_counter()

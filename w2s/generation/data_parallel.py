@@ -17,11 +17,7 @@ import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams
 from w2s.generation.requests import Record, Request
-from w2s.generation.vllm_backend import VLLMEngine, cpu_threads_bind
-
-
-def _groups(items: list, size: int, count: int) -> list[list]:
-    return [items[i * size:(i + 1) * size] for i in range(count)]
+from w2s.generation.vllm_backend import VLLMEngine, cpu_threads_bind, groups_of
 
 
 def replica_envs(data_parallel: int, tensor_parallel: int, on_gpu: bool,
@@ -37,7 +33,7 @@ def replica_envs(data_parallel: int, tensor_parallel: int, on_gpu: bool,
         if len(gpus) < need:
             raise ValueError(f"engines.generation: data_parallel_size {data_parallel} × tensor_parallel_size "
                              f"{tensor_parallel} needs {need} GPUs; {len(gpus)} visible")
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(group)} for group in _groups(gpus, tensor_parallel, data_parallel)]
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(group)} for group in groups_of(gpus, tensor_parallel, data_parallel)]
     cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
     return [{"VLLM_CPU_OMP_THREADS_BIND": bind} for bind in cpu_threads_bind(cores, tensor_parallel, data_parallel)]
 

@@ -58,6 +58,11 @@ def llm_kwargs(engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, co
     return kwargs
 
 
+def groups_of(items: list, size: int, count: int) -> list[list]:
+    """The first `count` consecutive groups of `size` items (devices per rank or per replica)."""
+    return [items[i * size:(i + 1) * size] for i in range(count)]
+
+
 def cpu_threads_bind(cores: list[int], tensor_parallel: int, replicas: int) -> list[str]:
     """VLLM_CPU_OMP_THREADS_BIND of each replica: `cores` split evenly over replicas × tensor-parallel
     ranks, one `|`-separated core list per rank (vLLM-cpu's format); leftover cores stay unused."""
@@ -66,8 +71,8 @@ def cpu_threads_bind(cores: list[int], tensor_parallel: int, replicas: int) -> l
         raise ValueError(f"engines.generation: data_parallel_size {replicas} × tensor_parallel_size {tensor_parallel} "
                          f"needs {need} CPU cores; this process may use {len(cores)}")
     per_rank = len(cores) // need
-    ranks = [",".join(map(str, cores[i * per_rank:(i + 1) * per_rank])) for i in range(need)]
-    return ["|".join(ranks[r * tensor_parallel:(r + 1) * tensor_parallel]) for r in range(replicas)]
+    ranks = [",".join(map(str, group)) for group in groups_of(cores, per_rank, need)]
+    return ["|".join(group) for group in groups_of(ranks, tensor_parallel, replicas)]
 
 
 def worker_env(engine_cfg: GenerationEngineConfig, env_extra: dict[str, str] | None = None) -> dict[str, str]:
