@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
 from w2s.evaluation import k3_terms, performance
-from w2s.generation import answer_each, pinned_backend
+from w2s.generation import answer_with, open_engine, pinned_backend
 from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.scoring import score_rows
@@ -74,10 +74,15 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
         reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         ids, prompts, metas = (test.column(c).to_pylist() for c in ("prompt_id", "prompt", "meta"))
         ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
+        points = policy_checkpoints(policy, store, cfg.evaluation.checkpoints)
+        with open_engine(cfg.engine, points[0]["path"], cfg.seed) as engine:  # one engine; each checkpoint swapped in
+            answered = []
+            for point in points:
+                engine.use_weights(point["path"])
+                answers = answer_with(engine, cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
+                answered.append([answers[pid] for pid in ids])
         tables, metrics = [], {}
-        for point in policy_checkpoints(policy, store, cfg.evaluation.checkpoints):
-            answers = answer_each(cfg.engine, point["path"], cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
-            records = [answers[pid] for pid in ids]
+        for point, records in zip(points, answered):
             responses = [r.completion for r in records]
             drawn, ended = (list(c) for c in zip(*(r.sampled() for r in records)))
             gold = reward.score(prompts, responses, metas)

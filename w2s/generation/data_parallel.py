@@ -84,6 +84,10 @@ class DataParallelVLLM:
             merged["prefill_computed"] = sum(s["prefill_computed"] for s in stats)
         return records, merged
 
+    def swap_weights(self, model_dir: str) -> None:
+        for replica in self.replicas:
+            replica.swap_weights(model_dir)
+
     def close(self) -> None:
         for replica in self.replicas:
             replica.close()

@@ -3,13 +3,15 @@
     with open_engine(engine_cfg, model_dir, seed) as engine:
         result = engine.generate(requests, params)      # checks, then runs; engine starts lazily
 
-`generate(...)` is the one-shot form. Inputs are checked against the tokenizer and the context before
+`generate(...)` is the one-shot form; `engine.use_weights(other_dir)` answers with another checkpoint
+of the same model (swapped into the running vLLM engine, ~0.2 s instead of a ~25 s start). Inputs are checked against the tokenizer and the context before
 any engine process starts (`check_requests`), so bad input fails in a second, not after vLLM's init.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -40,6 +42,25 @@ def pinned_backend(engine_cfg: GenerationEngineConfig) -> GenerationEngineConfig
     """`auto` resolved to the backend that will run: vLLM and transformers draw different samples
     from one seed, so a sampling stage's cache key must name the backend, not `auto`."""
     return engine_cfg.model_copy(update={"backend": resolve_backend(engine_cfg)})
+
+
+# Files of a model folder that do not change what the engine computes, beyond the weights themselves.
+_WEIGHT_FILES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_PROVENANCE_KEYS = ("_name_or_path", "_model_name_or_path", "transformers_version")
+
+
+def _architecture(model_dir: str) -> dict:
+    """What must be equal for a weight swap: config.json (less provenance) and every tokenizer or
+    generation file, byte for byte."""
+    folder = Path(model_dir)
+    config = {k: v for k, v in json.loads((folder / "config.json").read_text()).items() if k not in _PROVENANCE_KEYS}
+    others = {f.name: f.read_bytes() for f in sorted(folder.iterdir())
+              if f.is_file() and f.name != "config.json" and not f.name.endswith(_WEIGHT_FILES)}
+    return {"config": config, "files": others}
+
+
+def same_architecture(model_dir: str, other_dir: str) -> bool:
+    return _architecture(model_dir) == _architecture(other_dir)
 
 
 @dataclass
@@ -147,6 +168,26 @@ class Engine:
                      computed, requested, 100 * (1 - computed / max(requested, 1)))
         return Generation(records, checked.skipped, requested, computed, sum(r.n_tokens for r in records), wall)
 
+    def use_weights(self, model_dir: str | Path) -> None:
+        """Answer with the model in `model_dir` from now on. A running vLLM engine takes its weights in
+        place when architecture and tokenizer are unchanged (checkpoints of one training run, see
+        w2s/generation/vllm_swap.py); otherwise the engine closes and the next generate starts one."""
+        model_dir = str(model_dir)
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"no model folder (config.json) at {model_dir}")
+        if model_dir == self.model_dir:
+            return
+        swappable = self._impl is not None and hasattr(self._impl, "swap_weights")
+        if swappable and same_architecture(self.model_dir, model_dir):
+            started = time.perf_counter()
+            self._impl.swap_weights(model_dir)
+            log.info("generation engine now answers with %s (swapped in %.2f s)", model_dir, time.perf_counter() - started)
+        else:
+            self.close()
+            self.__dict__.pop("tokenizer", None)
+        self.model_dir = model_dir
+        self.context = effective_context(model_dir, self.engine_cfg.max_model_len)
+
     def close(self) -> None:
         if self._impl is not None:
             self._impl.close()
@@ -180,9 +221,15 @@ def answer_each(engine_cfg: GenerationEngineConfig, model_dir: str | Path, seed:
                 ids: list[str], prompts: list[str], seed_salt: str = "", what: str = "prompts") -> dict[str, Record]:
     """One answer per prompt, each drawn with its own seed `derive_seed(seed, seed_salt + id)` so that
     an answer does not depend on which other prompts share the batch; every prompt must fit."""
-    requests = [Request(pid, prompt, n=1, seed=derive_seed(seed, seed_salt + pid)) for pid, prompt in zip(ids, prompts)]
     with open_engine(engine_cfg, model_dir, seed) as engine:
-        result = engine.generate(requests, params)
+        return answer_with(engine, seed, params, ids, prompts, seed_salt, what)
+
+
+def answer_with(engine: Engine, seed: int, params: GenerationParams, ids: list[str], prompts: list[str],
+                seed_salt: str = "", what: str = "prompts") -> dict[str, Record]:
+    """`answer_each` on an engine the caller holds (to answer with several checkpoints in turn)."""
+    requests = [Request(pid, prompt, n=1, seed=derive_seed(seed, seed_salt + pid)) for pid, prompt in zip(ids, prompts)]
+    result = engine.generate(requests, params)
     if result.skipped:
-        raise ValueError(f"{what} {result.skipped[:5]} do not fit {model_dir} with max_tokens={params.max_tokens}")
+        raise ValueError(f"{what} {result.skipped[:5]} do not fit {engine.model_dir} with max_tokens={params.max_tokens}")
     return {r.request_id: r for r in result.records}

@@ -43,6 +43,7 @@ def llm_kwargs(engine_cfg: GenerationEngineConfig, model_dir: str, seed: int, co
         "enable_prefix_caching": engine_cfg.enable_prefix_caching,
         "enforce_eager": engine_cfg.enforce_eager if engine_cfg.enforce_eager is not None else not on_gpu,
         "disable_log_stats": False,  # the prefix-cache counters come from the stats
+        "worker_extension_cls": "w2s.generation.vllm_swap.WeightSwap",  # Engine.use_weights
     }
     if on_gpu:
         kwargs["gpu_memory_utilization"] = engine_cfg.gpu_memory_utilization
@@ -182,6 +183,11 @@ class VLLMEngine:
                 records.append(Record(request.request_id, i, s["text"], s["n_tokens"], s["finish_reason"], request.seed + i,
                                       s["stop_string"]))
         return records, reply["stats"]
+
+    def swap_weights(self, model_dir: str) -> None:
+        """The weights of `model_dir` (same architecture and tokenizer) into the running engine."""
+        self._send({"op": "swap", "weights_path": str(model_dir)})
+        self._receive()
 
     def close(self) -> None:
         if self.proc.poll() is None:

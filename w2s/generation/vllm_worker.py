@@ -4,7 +4,8 @@ Started by `vllm_backend.VLLMEngine`, never by hand. vLLM lives in its own proce
 not free its memory on `del` and spawns engine-core workers that need a `__main__` guard; running
 as `-m` gives them one whatever the caller is (pytest, a Prefect worker, a notebook). Messages are
 JSON lines on two inherited pipes (stdout stays free for vLLM's own logging): `init` once, then
-`generate` any number of times, then `close` or end-of-file (the parent died: exit too).
+`generate` and `swap` (new weights of the same architecture, w2s/generation/vllm_swap.py) any number
+of times, then `close` or end-of-file (the parent died: exit too).
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def main(in_fd: int, out_fd: int) -> int:
                 send({"ok": True, "init_s": time.perf_counter() - started, "vllm_version": _version()})
             elif msg["op"] == "generate":
                 send(_generate(llm, msg))
+            elif msg["op"] == "swap":
+                started = time.perf_counter()
+                llm.collective_rpc("w2s_swap_weights", args=(msg["weights_path"],))
+                llm.reset_prefix_cache()  # cached KV blocks were computed by the old weights
+                send({"ok": True, "swap_s": time.perf_counter() - started})
             elif msg["op"] == "close":
                 send({"ok": True})
                 break
