@@ -5,11 +5,11 @@
 
 Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
 (D_weak + the exemplar pool) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
-π_weak_ref) → weights (F, eq. 8) → student (weighted MLE); then the PGR anchors (the strong ceiling
+π_weak_ref) → weights (F, eq. 8) → teacher_signal (the weak teacher's gold signal on
+this very data, `--until teacher_signal` reads it before any student trains) → student (weighted MLE); then the PGR anchors (the strong ceiling
 strong_sft → strong_dpo), naive SFT (the paper's main comparison, fig. 3/4: the strong base trained
 on π_weak's answers, D_weak or, with `baselines.naive_sft_data: matched`, K per student prompt), each
-policy's evaluation on the test prompts, the weak teacher's gold signal (teacher_signal) and the PGR
-report.
+policy's evaluation on the test prompts and the PGR report.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class EveArtifacts:
     demos: ArtifactRef
     scores: ArtifactRef
     weights: ArtifactRef
+    signal: ArtifactRef
     student: ArtifactRef
 
 
@@ -61,8 +62,9 @@ def eve_stages(ctx: RunContext, config: PipelineConfig) -> EveArtifacts:
     samples = strong_sampling(ctx, config, exemplars=demos, data=data, strong=strong)
     scores = scoring(ctx, config, samples=samples, weak=weak_model, weak_ref=weak_ref_model)
     weights = f_weights(ctx, config, scores=scores)
+    signal = teacher_signal(ctx, config, data=data, demos=demos, scores=scores)  # the gate: read it before any student trains
     eve_student = student(ctx, config, weights=weights, strong=strong)
-    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, eve_student)
+    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, signal, eve_student)
 
 
 def anchor_evaluations(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
@@ -95,7 +97,7 @@ def evaluate_students(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts
 
 def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
     """What the report shows beside the policies: the F-weights and the weak teacher's gold signal."""
-    return {"weights": eve.weights, "signal": teacher_signal(ctx, config, data=eve.data, demos=eve.demos, scores=eve.scores)}
+    return {"weights": eve.weights, "signal": eve.signal}
 
 
 @flow(name="eve", log_prints=True)

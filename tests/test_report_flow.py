@@ -52,6 +52,6 @@ def test_sweep_runs_every_baseline_and_reports(tmp_path):
     assert "| β/λ | PGR(eve) |" in markdown and "| ∞ |" in markdown  # the sweep table: a PGR column per swept policy
     assert (out / "figures" / "pgr_bars.png").stat().st_size > 1000 and "data:image/png;base64," in (out / "report.html").read_text()
     # the weak-teacher signal of the first seed, over the run's β/λ and every swept one (w2s/teacher_signal.py)
-    assert cache["teacher_signal"] == ["miss"] and "**Weak-teacher signal**" in markdown, markdown
+    assert cache["teacher_signal"][0] == "miss" and "**Weak-teacher signal**" in markdown, markdown
     assert "| EVE, F-weighted, β/λ = 1 " in markdown and "| EVE, F-weighted, β/λ = ∞ " in markdown
     assert (out / "figures" / "teacher_signal.png").stat().st_size > 1000
