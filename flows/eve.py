@@ -100,10 +100,15 @@ def eve_diagnostics(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) 
     return {"weights": eve.weights, "signal": eve.signal}
 
 
+def eve_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], dict[str, ArtifactRef]]:
+    """The paper's comparison, each policy evaluated (label → evaluation), and EVE's diagnostics."""
+    stages = eve_stages(ctx, config)
+    return anchor_evaluations(ctx, config, stages) | evaluate_students(ctx, config, stages), eve_diagnostics(ctx, config, stages)
+
+
 @flow(name="eve", log_prints=True)
 def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
     with pipeline_run(config, "eve", until) as run:
-        stages = eve_stages(run.ctx, config)
-        evaluations = anchor_evaluations(run.ctx, config, stages) | evaluate_students(run.ctx, config, stages)
-        report(run.ctx, config, evaluations=evaluations, **eve_diagnostics(run.ctx, config, stages))
+        evaluations, diagnostics = eve_policies(run.ctx, config)
+        report(run.ctx, config, evaluations=evaluations, **diagnostics)
     return run

@@ -1,10 +1,12 @@
-"""Seeds and the β/λ / K sweeps (paper §5 figures 5, 6): every baseline on each seed in
-`sweep.seeds`, EVE again at each β/λ in `sweep.beta_over_lambda` and each K in `sweep.k`, one report
+"""Seeds and the β/λ / K sweeps (paper §5 figures 5, 6): every baseline (or, with `sweep.baselines:
+false`, the paper's main comparison only) on each seed in `sweep.seeds`, EVE again at each β/λ in `sweep.beta_over_lambda` and each K in `sweep.k`, one report
 with mean ± 95 % CI over seeds. A β/λ point reruns only weights → student → evaluation; a K point
 reruns sampling and what follows, and naive SFT too when it trains at EVE's size
 (`baselines.naive_sft_data: matched`, fig. 6 scales both); everything else comes from the cache.
 
     w2s sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]"
+    w2s report --flow sweep --config pipeline_config.yaml --set "sweep.seeds=[0,1,2]" --set sweep.baselines=false \
+        --set "sweep.beta_over_lambda=[]"      # EVE vs naive SFT paired by seed, as three `w2s run`s left them
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.baselines import all_policies
-from flows.eve import evaluate_eve, evaluate_students, eve_stages
+from flows.eve import evaluate_eve, evaluate_students, eve_policies, eve_stages
 from tasks.report import report
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
@@ -33,10 +35,12 @@ def sweep_points(config: PipelineConfig) -> list[tuple[str, PipelineConfig, str]
 
 
 def seeded_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, ArtifactRef], dict[str, ArtifactRef]]:
-    """Every policy on every seed, and the first seed's EVE diagnostics (weights, teacher signal)."""
+    """Every policy (or, with `sweep.baselines: false`, the eve flow's: the anchors, EVE, naive SFT) on
+    every seed, and the first seed's EVE diagnostics (weights, teacher signal)."""
+    policies = all_policies if config.sweep.baselines else eve_policies
     evaluations, first_diagnostics = {}, None
     for seed in config.sweep.seeds:
-        found, diagnostics = all_policies(ctx, with_values(config, **{"run.seed": seed}))
+        found, diagnostics = policies(ctx, with_values(config, **{"run.seed": seed}))
         evaluations |= {f"{label}/seed:{seed}": ref for label, ref in found.items()}
         first_diagnostics = first_diagnostics or diagnostics
     return evaluations, first_diagnostics

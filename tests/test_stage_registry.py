@@ -22,9 +22,12 @@ from flows.stages import FLOWS, flow_named, stages_of
 from w2s.config.loading import load_config
 from w2s.orchestration import flow_stages
 registry = tasks.all_stages()
-matched = flow_stages(flow_named("eve"), load_config(None, ["baselines.naive_sft_data=matched"]))
+d_weak = flow_stages(flow_named("eve"), load_config(None, ["baselines.naive_sft_data=d_weak"]))
+paper_sweep = flow_stages(flow_named("sweep"), load_config(None, ["sweep.baselines=false", "sweep.seeds=[0,1]", "sweep.beta_over_lambda=[]",
+                                                                  "baselines.naive_sft_data=d_weak"]))
 print(json.dumps({"registry": {name: [s.name, list(s.inputs), s.version] for name, s in registry.items()},
-                  "flows": {name: list(stages_of(name)) for name in FLOWS} | {"eve[matched]": list(matched)}}))
+                  "flows": {name: list(stages_of(name)) for name in FLOWS} | {"eve[d_weak]": list(d_weak)},
+                  "sweep[paper]": list(paper_sweep)}))
 """
 
 
@@ -41,16 +44,19 @@ def test_every_flow_stage_is_declared_and_every_declared_stage_runs_in_a_flow(de
     in_flows = {name for stages in flows.values() for name in stages}
     assert in_flows == set(registry)
     eve = flows["eve"]
-    assert eve[:10] == ["data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights", "student"]
+    # the teacher's gold signal is read before any student trains (`--until teacher_signal`: the gate)
+    assert eve[:11] == ["data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights",
+                        "teacher_signal", "student"]
     assert eve[-1] == "report" and set(eve) < set(flows["baselines"])
     # inputs come from the parameter names
     assert registry["scoring"][1] == ["samples", "weak", "weak_ref"] and registry["sampling"][1] == ["exemplars", "data", "strong"]
     assert {f"evaluate_{p}" for p in ("naive_sft", "refinement", "dpo_weak_reward", "strong_evaluator", "eve")} <= set(flows["baselines"])
-    # make run reports the paper's comparison (fig. 3/4): naive SFT is in the eve flow, on D_weak by
-    # default and on matched_demos (fig. 6's equal training size) when the config asks for it
-    assert {"naive_sft", "evaluate_naive_sft"} <= set(eve) and "matched_demos" not in eve
-    matched = flows["eve[matched]"]
-    assert set(matched) - set(eve) == {"matched_demos"} and matched.index("matched_demos") < matched.index("naive_sft")
+    # make run reports the paper's comparison (fig. 3/4): naive SFT is in the eve flow, on matched_demos
+    # (EVE's prompts and size, the embedded default) or on D_weak (§5) when the config asks for it
+    assert {"naive_sft", "evaluate_naive_sft"} <= set(eve) and eve.index("matched_demos") < eve.index("naive_sft")
+    assert set(eve) - set(flows["eve[d_weak]"]) == {"matched_demos"}
+    # the sweep without baselines trains what the eve flow trains, on each seed
+    assert set(declared["sweep[paper]"]) == set(flows["eve[d_weak]"])
     assert registry["matched_demos"][1] == ["data", "weak"] and registry["naive_sft"][1] == ["demos", "strong"]
 
 

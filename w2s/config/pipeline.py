@@ -293,6 +293,8 @@ class SweepConfig(Section):
     beta_over_lambda: list[Annotated[float, Field(gt=0)]] = [0.1, 0.5, 1.0, 2.0, 10.0, math.inf]
     k: list[Annotated[int, Field(ge=2)]] = Field([], description="Samples per prompt (fig. 6); e.g. [2, 4, 8].")
     seeds: list[int] = Field([0], description="run.seed values; results are mean ± 95 % CI over them.")
+    baselines: bool = Field(True, description="Every baseline on each seed; false: the eve flow's policies only "
+                            "(π_weak, π_ref_strong, the ceiling, EVE, naive SFT), as `w2s run` trains them.")
 
 
 # -------------------------------------------------------------------------------------------- root
