@@ -10,6 +10,7 @@ import torch
 from tests.test_training_common import load_weights, write_completions, write_pairs
 from w2s.config import StrongEvaluatorConfig, TrainConfig, TrainingEngineConfig, WeakRewardDPOConfig
 from w2s.training import train
+from w2s.training.launcher import SHARED_MEMORY, release_allreduce_buffers
 
 pytestmark = pytest.mark.slow
 # The same per-example gradients summed in another order (2 partial sums + all-reduce) differ in
@@ -32,7 +33,9 @@ def test_two_ranks_equal_one_rank_for_the_same_global_batch(tmp_path, tiny_char_
     cfg = cls(learning_rate=3e-3, warmup_steps=1, batch_size=4, micro_batch_size=2, max_steps=3, checkpoint_fractions=[1.0])
     data = write(tmp_path / "d.parquet")
     one = train(cfg, TrainingEngineConfig(world_size=1, precision="fp32"), objective, tiny_char_model_dir, [data], tmp_path / "one", progress=False)
+    buffers_before = set(SHARED_MEMORY.glob("deepspeed_allreduce_buffer_*"))
     two = train(cfg, TrainingEngineConfig(world_size=2, precision="fp32"), objective, tiny_char_model_dir, [data], tmp_path / "two", progress=False)
+    assert set(SHARED_MEMORY.glob("deepspeed_allreduce_buffer_*")) <= buffers_before  # the run's RAM is given back
     assert (one.metrics["world_size"], two.metrics["world_size"]) == (1, 2)
     a, b = load_weights(tmp_path / "one" / "model"), load_weights(tmp_path / "two" / "model")
     assert a.keys() == b.keys()
@@ -61,3 +64,12 @@ def test_the_pipeline_trains_its_stages_on_two_ranks(tmp_path):
     for stage in ("weak_sft", "weak_dpo"):
         manifest = json.loads(next((root / stage).glob("*/manifest.json")).read_text())
         assert manifest["metrics"]["world_size"] == 2, stage
+
+
+def test_only_the_runs_own_allreduce_buffers_are_released(tmp_path):
+    names = [f"deepspeed_allreduce_buffer_0_127.0.0.1_{port}_{rank}" for port in (29500, 2950, 129500) for rank in (0, 1)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "psm_29500").write_bytes(b"x")
+    assert sorted(release_allreduce_buffers(29500, tmp_path)) == names[:2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:] + ["psm_29500"])

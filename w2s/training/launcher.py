@@ -18,6 +18,7 @@ from pathlib import Path
 
 from w2s.config import TrainConfig, TrainingEngineConfig
 
+SHARED_MEMORY = Path("/dev/shm")
 
 
 def _config_class(dotted: str) -> type[TrainConfig]:
@@ -55,6 +56,20 @@ def write_spec(cfg, engine: TrainingEngineConfig, objective, model_dir, data_fil
     return spec_path
 
 
+def release_allreduce_buffers(port: int, folder: Path = SHARED_MEMORY) -> list[str]:
+    """Removes the shared-memory all-reduce buffers DeepSpeed's CPU backend made for the ranks of the
+    run on `port` (`deepspeed_allreduce_buffer_<n>_<addr>_<port>_<rank>`, 66 MB each): it does not
+    unlink them when its ranks exit, so every 2-rank CPU run left 132 MB of RAM behind, until a
+    long-lived machine ran out (136 of them, 9 GB, OOM-killed a run here). Buffers of other runs,
+    on other ports, are left alone."""
+    removed = []
+    for buffer in folder.glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        if buffer.name.split("_")[-2] == str(port):
+            buffer.unlink(missing_ok=True)
+            removed.append(buffer.name)
+    return removed
+
+
 def rank_env() -> dict[str, str]:
     """This environment for rank processes, without the single-process defaults it may have set."""
     from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK
@@ -73,9 +88,13 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     else:
         from w2s.training.engine import _free_port
 
+        port = _free_port()
         command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size),
-                   "--master_port", str(_free_port()), "--module", "w2s.training.rank", str(spec_path)]
-        completed = subprocess.run(command, env=rank_env())
+                   "--master_port", str(port), "--module", "w2s.training.rank", str(spec_path)]
+        try:
+            completed = subprocess.run(command, env=rank_env())
+        finally:
+            release_allreduce_buffers(port)
         if completed.returncode != 0:
             raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
