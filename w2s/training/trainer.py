@@ -20,6 +20,7 @@ is discarded and recomputed, never loaded.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -209,6 +210,10 @@ def train(
         eng.discard_resume(resume_path, resume_pieces)  # crash-recovery state only, not an output
     if hasattr(ds_engine, "destroy"):
         ds_engine.destroy()  # frees ZeRO hooks and buffers before the next stage builds an engine
+    # The engine, its optimiser state and the model hold reference cycles: left to Python's rare full
+    # collection, each in-process stage kept ≈ 1.5 GB (SmolLM2-135M) and a flow's process grew to 11.6 GB.
+    del job, ds_engine, model, ref
+    gc.collect()
     return result
 
 
