@@ -170,7 +170,7 @@ def test_sweep_labels_are_valid_mlflow_param_keys():
 def test_a_matched_k_sweep_trains_naive_sft_at_each_k_and_reports_both():
     """Traced, nothing computed: with naive_sft_data=matched each K point trains its own naive SFT on
     its own matched_demos (K answers per prompt), and the report gets `naive_sft/seed:s/k:K` beside
-    EVE's; with D_weak (the default) naive SFT does not depend on K and is not swept."""
+    EVE's; with D_weak (§5) naive SFT does not depend on K and is not swept."""
     from flows.sweep import sweep
     from tests.conftest import REPO
     from w2s.artifacts import ArtifactRef
@@ -192,5 +192,5 @@ def test_a_matched_k_sweep_trains_naive_sft_at_each_k_and_reports_both():
     assert {"naive_sft/seed:0/k:2", "naive_sft/seed:0/k:8", "eve/seed:0/k:8", "naive_sft/seed:0"} <= report_labels
     base_k = load_config(REPO / "configs" / "tiny.yaml", []).sampling.k
     assert sorted(config.sampling.k for name, config, _ in calls if name == "matched_demos") == sorted([base_k, 2, 8])  # base run + each K
-    default = set(next(inputs for name, _, inputs in traced() if name == "report")["evaluations"])
-    assert "naive_sft/seed:0/k:8" not in default and "eve/seed:0/k:8" in default
+    on_d_weak = set(next(inputs for name, _, inputs in traced("baselines.naive_sft_data=d_weak") if name == "report")["evaluations"])
+    assert "naive_sft/seed:0/k:8" not in on_d_weak and "eve/seed:0/k:8" in on_d_weak
