@@ -4,8 +4,8 @@
         result = engine.generate(requests, params)      # checks, then runs; engine starts lazily
 
 `generate(...)` is the one-shot form; `engine.use_weights(other_dir)` answers with another checkpoint
-of the same model (swapped into the running vLLM engine, ~0.2 s instead of a ~25 s start). Inputs are checked against the tokenizer and the context before
-any engine process starts (`check_requests`), so bad input fails in a second, not after vLLM's init.
+of the same model (swapped into the running vLLM engine, ~0.5 s instead of a ~25 s start). Inputs are
+checked against the tokenizer and the context before any engine process starts (`check_requests`), so bad input fails in a second, not after vLLM's init.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ def _architecture(model_dir: str) -> dict:
     others = {f.name: f.read_bytes() for f in sorted(folder.iterdir())
               if f.is_file() and f.name != "config.json" and not f.name.endswith(_WEIGHT_FILES)}
     return {"config": config, "files": others}
+
+
+def require_model_folder(model_dir: str) -> None:
+    if not (Path(model_dir) / "config.json").exists():
+        raise FileNotFoundError(f"no model folder (config.json) at {model_dir}")
 
 
 def same_architecture(model_dir: str, other_dir: str) -> bool:
@@ -113,8 +118,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self.model_dir = str(self.model_dir)
-        if not (Path(self.model_dir) / "config.json").exists():
-            raise FileNotFoundError(f"no model folder (config.json) at {self.model_dir}")
+        require_model_folder(self.model_dir)
         self.backend = resolve_backend(self.engine_cfg)
         if self.engine_cfg.data_parallel_size > 1 and self.backend != "vllm":
             raise ValueError(f"engines.generation.data_parallel_size={self.engine_cfg.data_parallel_size} needs the vLLM backend "
@@ -173,8 +177,7 @@ class Engine:
         place when architecture and tokenizer are unchanged (checkpoints of one training run, see
         w2s/generation/vllm_swap.py); otherwise the engine closes and the next generate starts one."""
         model_dir = str(model_dir)
-        if not (Path(model_dir) / "config.json").exists():
-            raise FileNotFoundError(f"no model folder (config.json) at {model_dir}")
+        require_model_folder(model_dir)
         if model_dir == self.model_dir:
             return
         swappable = self._impl is not None and hasattr(self._impl, "swap_weights")

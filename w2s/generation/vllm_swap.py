@@ -18,14 +18,13 @@ class WeightSwap:
 
     def w2s_swap_weights(self, weights_path: str) -> int:
         import torch
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
         self.model_runner.reload_weights(weights_path=weights_path)
         repacked = 0
         for module in self.model_runner.get_model().modules():
             weight = getattr(module, "weight", None)
             if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.numel():
-                from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
                 repacked += 1
         return repacked
