@@ -29,7 +29,7 @@ from w2s.stage import REGISTRY, Body, Stage, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 
-VERSION = 2  # v2: k3 scores y + its stop string, not y + EOS
+VERSION = 3  # v2: k3 scores y + its stop string, not y + EOS; v3: k3 in the format the sampler ran (as_sampled)
 TABLE = "evaluation_samples.json"
 
 
@@ -45,8 +45,15 @@ class EvaluateSlice(BaseModel):
         from w2s.precision import resolve
 
         engine = pinned_backend(config.engines.generation)
-        evaluation = config.evaluation.model_copy(update={"score_precision": resolve(config.evaluation.score_precision)})
+        precision = config.evaluation.score_precision  # as_sampled depends on the models only (their digests)
+        evaluation = config.evaluation.model_copy(update={"score_precision": precision if precision == "as_sampled" else resolve(precision)})
         return cls(evaluation=evaluation, engine=engine, gold_reward=config.models.gold_reward, seed=config.run.seed)
+
+    def precision_of(self, model_dir) -> str:
+        from w2s.precision import sampled_precision
+
+        precision = self.evaluation.score_precision
+        return sampled_precision(self.engine.backend, model_dir) if precision == "as_sampled" else precision
 
 
 def policy_checkpoints(policy: ArtifactRef, store: ArtifactStore, with_intermediate: bool) -> list[dict]:
@@ -73,7 +80,6 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             raise ValueError(f"{data.stage} has no test prompts")
         reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         ids, prompts, metas = (test.column(c).to_pylist() for c in ("prompt_id", "prompt", "meta"))
-        ref_path = model_dir(kl_ref, store) if kl_ref is not None else None
         points = policy_checkpoints(policy, store, cfg.evaluation.checkpoints)
         with open_engine(cfg.engine, points[0]["path"], cfg.seed) as engine:  # one engine; each checkpoint swapped in
             answered = []
@@ -81,10 +87,10 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
                 engine.use_weights(point["path"])
                 answers = answer_with(engine, cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
                 answered.append([answers[pid] for pid in ids])
+        logps = kl_logps(ctx, cfg, writer.stage, prompts, points, answered, kl_ref, store) if kl_ref is not None else None
         tables, metrics = [], {}
-        for point, records in zip(points, answered):
+        for i, (point, records) in enumerate(zip(points, answered)):
             responses = [r.completion for r in records]
-            drawn, ended = (list(c) for c in zip(*(r.sampled() for r in records)))
             gold = reward.score(prompts, responses, metas)
             columns = {
                 "checkpoint": [point["name"]] * len(ids), "step": pa.array([point["step"]] * len(ids), pa.int64()),
@@ -95,11 +101,8 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             }
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
-            if ref_path is not None:
-                batch = cfg.evaluation.score_batch_tokens
-                precision, device = cfg.evaluation.score_precision, torch_device(ctx.device)
-                logp = np.array(score_rows(point["path"], prompts, drawn, ended, batch, f"{writer.stage} {point['name']}", precision, device))
-                logp_ref = np.array(score_rows(ref_path, prompts, drawn, ended, batch, f"{kl_ref.stage} (KL reference)", precision, device))
+            if logps is not None:
+                logp, logp_ref = logps[0][i], logps[1][i]
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
@@ -109,9 +112,27 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
         shown = [c for c in ("checkpoint", "prompt_id", "prompt", "response", "gold_reward", "k3") if c in samples.column_names]
         run.log_table(samples.select(shown).to_pydict(), TABLE)  # MLflow's evaluation view: every answer, its reward, its k3
         return StageOutput(metrics, {"policy": writer.stage.removeprefix("evaluate_"), "n_prompts": len(ids),
-                                     "kl_reference": kl_ref.stage if kl_ref is not None else None})
+                                     "kl_reference": kl_ref.stage if kl_ref is not None else None,
+                                     "kl_precision": {"policy": cfg.precision_of(points[0]["path"]),
+                                                      "reference": cfg.precision_of(model_dir(kl_ref, store))} if kl_ref is not None else None})
 
     return body
+
+
+def kl_logps(ctx: RunContext, cfg: EvaluateSlice, stage: str, prompts: list[str], points: list[dict], answered: list[list],
+             kl_ref: ArtifactRef, store: ArtifactStore) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per checkpoint, log π_θ and log π_ref of each answer as it was drawn (y + its stop string, or
+    y + EOS; Record.sampled). π_ref is loaded once and scores every checkpoint's answers in one call."""
+    device, batch = torch_device(ctx.device), cfg.evaluation.score_batch_tokens
+    drawn = [[r.sampled() for r in records] for records in answered]
+    policy = [np.array(score_rows(point["path"], prompts, [d for d, _ in rows], [e for _, e in rows], batch,
+                                  f"{stage} {point['name']}", cfg.precision_of(point["path"]), device))
+              for point, rows in zip(points, drawn)]
+    ref_dir = model_dir(kl_ref, store)
+    flat = [row for rows in drawn for row in rows]
+    ref = np.array(score_rows(ref_dir, prompts * len(points), [d for d, _ in flat], [e for _, e in flat], batch,
+                              f"{kl_ref.stage} (KL reference)", cfg.precision_of(ref_dir), device))
+    return policy, list(ref.reshape(len(points), len(prompts)))
 
 
 def declare_evaluation(label: str) -> Stage:

@@ -4,6 +4,8 @@ log π(y + EOS | x). Checked against log-probs summed by hand over the drawn tok
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams
@@ -56,3 +58,26 @@ def test_kl_scores_each_sample_as_drawn(tiny_char_model_dir):
         if r.stop_string:  # the old rule (y + EOS) scores a continuation that was not drawn
             old = tokenizer(prompt + r.completion)["input_ids"][len(tokenizer(prompt)["input_ids"]):] + [tokenizer.eos_token_id]
             assert abs(got - _by_hand(model, tokenizer, prompt, old)) > 1e-3
+
+
+def test_kl_log_probs_are_scored_in_the_format_the_sampler_ran(tmp_path):
+    from tasks.evaluate import EvaluateSlice
+    from w2s.config.loading import load_config
+    from w2s.precision import sampled_precision
+
+    for declared, under_vllm in (("bfloat16", "bf16"), ("float32", "fp32"), (None, "fp32")):
+        folder = tmp_path / str(declared)
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama"} | ({"dtype": declared} if declared else {})))
+        assert sampled_precision("vllm", folder) == under_vllm
+        assert sampled_precision("hf", folder) == "fp32"  # the transformers backend loads fp32
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert sampled_precision("vllm", legacy) == "bf16"
+    config = load_config(None, ["engines.generation.backend=vllm"])
+    as_sampled = EvaluateSlice.from_pipeline(config)
+    assert as_sampled.evaluation.score_precision == "as_sampled"
+    assert as_sampled.precision_of(tmp_path / "bfloat16") == "bf16" and as_sampled.precision_of(tmp_path / "float32") == "fp32"
+    pinned = EvaluateSlice.from_pipeline(load_config(None, ["engines.generation.backend=vllm", "evaluation.score_precision=fp32"]))
+    assert pinned.precision_of(tmp_path / "bfloat16") == "fp32"

@@ -42,3 +42,23 @@ def resolve(precision: Precision, device: str = "auto") -> Literal["fp32", "bf16
 
 def torch_dtype(precision: Precision) -> torch.dtype:
     return torch.bfloat16 if resolve(precision) == "bf16" else torch.float32
+
+
+def sampled_precision(backend: str, model_dir) -> Literal["fp32", "bf16"]:
+    """The format a generation backend computes the model in `model_dir` in.
+
+    vLLM runs a model in the dtype its config.json declares (a model trained in bf16 declares
+    bfloat16, though its file holds the fp32 master weights); the transformers backend loads fp32.
+    A bf16-trained checkpoint's fp32 masters carry sub-ulp updates that its bf16 forward never
+    saw, so the two formats are different policies: on a student checkpoint vLLM's own log-prob of
+    its samples was 3.3 nats above the fp32 forward's and 0.25 from the bf16 forward's (the base
+    model, whose weights are bf16-exact: 0.16 and 0.22). The k3 KL is unbiased only for the log-prob
+    of the distribution that drew the sample, so evaluation scores in this format (docs/results)."""
+    import json
+    from pathlib import Path
+
+    if backend != "vllm":
+        return "fp32"
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    declared = config.get("dtype") or config.get("torch_dtype")
+    return "bf16" if declared == "bfloat16" else "fp32"

@@ -240,8 +240,10 @@ class EvaluationConfig(GenerationParams):
     n_prompts: PositiveInt | None = Field(None, description="Default: all of data.n_test.")
     checkpoints: bool = Field(True, description="Also evaluate intermediate checkpoints (PGR over training, fig. 3).")
     score_batch_tokens: PositiveInt = Field(4096, description="Token budget of one log-prob batch (KL).")
-    score_precision: Literal["auto", "fp32", "bf16"] = Field(
-        "fp32", description="Format of the KL log-prob forwards; fp32 for the reason given at scoring.precision.")
+    score_precision: Literal["as_sampled", "auto", "fp32", "bf16"] = Field(
+        "as_sampled", description="Format of the KL log-prob forwards. as_sampled: each model in the format the "
+        "generation backend computed it in (vLLM: the dtype its config.json declares, bf16 for a bf16-trained model), "
+        "since k3 is unbiased only for the sampler's own log-probs (w2s/precision.py sampled_precision).")
 
 
 # --------------------------------------------------------------------------------------- baselines
