@@ -5,11 +5,12 @@
 
 Stages: data → strong_base → weak_base → weak_sft (π_weak_ref) → weak_dpo (π_weak) → weak_demos
 (D_weak + the exemplar pool) → sampling (K few-shot samples of π_ref_strong) → scoring (log π_weak, log
-π_weak_ref) → weights (F, eq. 8) → teacher_signal (the weak teacher's gold signal on
-this very data, `--until teacher_signal` reads it before any student trains) → student (weighted MLE); then the PGR anchors (the strong ceiling
-strong_sft → strong_dpo), naive SFT (the paper's main comparison, fig. 3/4: the strong base trained
-on π_weak's answers, D_weak or, with `baselines.naive_sft_data: matched`, K per student prompt), each
-policy's evaluation on the test prompts and the PGR report.
+π_weak_ref) → weights (F, eq. 8) → naive SFT's data (D_weak, or with `baselines.naive_sft_data:
+matched` matched_demos, π_weak's K answers to each student prompt) → teacher_signal (the weak
+teacher's gold signal on EVE's data against naive SFT's; `--until teacher_signal` reads it before any
+student trains) → student (weighted MLE); then the PGR anchors (the strong ceiling strong_sft →
+strong_dpo), naive SFT (the paper's main comparison, fig. 3/4: the strong base trained on that data),
+each policy's evaluation on the test prompts and the PGR report.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class EveArtifacts:
     demos: ArtifactRef
     scores: ArtifactRef
     weights: ArtifactRef
+    naive_sft_data: ArtifactRef
     signal: ArtifactRef
     student: ArtifactRef
 
@@ -62,9 +64,10 @@ def eve_stages(ctx: RunContext, config: PipelineConfig) -> EveArtifacts:
     samples = strong_sampling(ctx, config, exemplars=demos, data=data, strong=strong)
     scores = scoring(ctx, config, samples=samples, weak=weak_model, weak_ref=weak_ref_model)
     weights = f_weights(ctx, config, scores=scores)
-    signal = teacher_signal(ctx, config, data=data, demos=demos, scores=scores)  # the gate: read it before any student trains
+    sft_data = naive_sft_demos(ctx, config, data=data, weak=weak_model, demos=demos)
+    signal = teacher_signal(ctx, config, data=data, demos=sft_data, scores=scores)  # the gate: read it before any student trains
     eve_student = student(ctx, config, weights=weights, strong=strong)
-    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, signal, eve_student)
+    return EveArtifacts(data, strong, weak_ref_model, weak_model, demos, scores, weights, sft_data, signal, eve_student)
 
 
 def anchor_evaluations(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
@@ -81,16 +84,16 @@ def evaluate_eve(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> 
     return evaluate("eve")(ctx, config, data=eve.data, policy=eve.student, kl_ref=eve.strong)
 
 
-def naive_sft_demos(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> ArtifactRef:
+def naive_sft_demos(ctx: RunContext, config: PipelineConfig, data: ArtifactRef, weak: ArtifactRef, demos: ArtifactRef) -> ArtifactRef:
     """D_weak (§5), or π_weak's K answers to EVE's own student prompts (equal training size, fig. 6)."""
     if config.baselines.naive_sft_data == "matched":
-        return matched_demos(ctx, config, data=eve.data, weak=eve.weak)
-    return eve.demos
+        return matched_demos(ctx, config, data=data, weak=weak)
+    return demos
 
 
 def evaluate_students(ctx: RunContext, config: PipelineConfig, eve: EveArtifacts) -> dict[str, ArtifactRef]:
     """The paper's main comparison: EVE's student and naive SFT on the weak teacher's answers."""
-    sft = naive_sft(ctx, config, demos=naive_sft_demos(ctx, config, eve), strong=eve.strong)
+    sft = naive_sft(ctx, config, demos=eve.naive_sft_data, strong=eve.strong)
     return {"eve": evaluate_eve(ctx, config, eve),
             "naive_sft": evaluate("naive_sft")(ctx, config, data=eve.data, policy=sft, kl_ref=eve.strong)}
 

@@ -1,6 +1,7 @@
 """Per-seed tables of an artifact root, for docs/results: the weak teacher's gold signal of each seed
-(teacher_signal, followed back to its sampling stage's seed), and every evaluated policy's P(π) at
-each checkpoint with PGR against that seed's π_weak and strong ceiling (fig. 3's curves).
+(teacher_signal, followed back to its sampling stage's seed), how other orderings of the same strong
+samples agree with gold, every evaluated policy's P(π) at each checkpoint with PGR against that
+seed's π_weak and strong ceiling (fig. 3's curves), and the KL estimates at each checkpoint.
 
     .venv/bin/python scripts/seed_tables.py ARTIFACT_ROOT [--policies eve naive_sft]
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -35,14 +37,62 @@ def signal_rows(found: list[dict]) -> list[str]:
     by_digest = {m["digest"]: m for m in found if "digest" in m}
     rows = ["| seed | D_weak | matched (π_weak on EVE's prompts) | strong samples (β/λ = 0) | EVE β/λ = 1 | EVE β/λ = ∞ "
             "| best of K | pairwise accuracy (pairs) | top-1 (chance) |", "|---|---|---|---|---|---|---|---|---|"]
-    matched = {m["config"].get("seed"): m["metrics"].get("gold_reward_matched") for m in found if m["stage"] == "matched_demos"}
+    def gold_by_seed(stage: str, metric: str) -> dict:
+        return {m["config"].get("seed"): m["metrics"].get(metric) for m in found if m["stage"] == stage}
+
+    matched = gold_by_seed("matched_demos", "gold_reward_matched")
+    d_weak = {by_digest[m["inputs"]["weak"]]["config"].get("seed"): m["metrics"].get("gold_reward_d_weak")
+              for m in found if m["stage"] == "weak_demos" and m["inputs"].get("weak") in by_digest}
     for signal in sorted((m for m in found if m["stage"] == "teacher_signal"), key=lambda m: seed_of_signal(m, by_digest)):
         seed, x = seed_of_signal(signal, by_digest), signal["metrics"]
-        matched_gold = matched.get(seed)
-        rows.append(f"| {seed} | {x['gold_d_weak']:.3f} | {'–' if matched_gold is None else f'{matched_gold:.3f}'} "
-                    f"| {x['gold_uniform']:.3f} | {x['gold_weighted/beta_over_lambda:1']:.3f} | {x['gold_weighted/beta_over_lambda:inf']:.3f} "
+        cells = [d_weak.get(seed), matched.get(seed)]
+        rows.append(f"| {seed} | " + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) +
+                    f" | {x['gold_uniform']:.3f} | {x['gold_weighted/beta_over_lambda:1']:.3f} | {x['gold_weighted/beta_over_lambda:inf']:.3f} "
                     f"| {x['gold_best_of_k']:.3f} | {x['pairwise_accuracy']:.3f} ({x['pairs']:.0f}) "
                     f"| {x['top1_agreement']:.3f} ({x['top1_chance']:.3f}) |")
+    return rows
+
+
+def ordering_rows(found: list[dict]) -> list[str]:
+    """Pairwise accuracy against gold of orderings of each seed's strong samples (the teacher probe)."""
+    import numpy as np
+
+    from w2s.rewards import load_gold_reward
+    from w2s.config import GoldRewardSpec
+    from w2s.teacher_signal import _groups, _pairwise
+
+    by_digest = {m["digest"]: m for m in found if "digest" in m}
+    reward = load_gold_reward(GoldRewardSpec())
+    rows = ["| seed | log-ratio (eq. 8) | log-ratio per token | −length | log π_weak_ref | log π_weak |", "|---|---|---|---|---|---|"]
+    for signal in sorted((m for m in found if m["stage"] == "teacher_signal"), key=lambda m: seed_of_signal(m, by_digest)):
+        scoring = by_digest[signal["inputs"]["scores"]]
+        table = pq.read_table(sorted((scoring["folder"] / "shards").glob("*.parquet"))).to_pandas()
+        data = by_digest[signal["inputs"]["data"]]
+        meta = pq.read_table(data["folder"] / "student.parquet", columns=["prompt_id", "meta"]).to_pandas().set_index("prompt_id")["meta"]
+        gold = reward.score(list(table.prompt), list(table.completion), [meta[p] for p in table.prompt_id])
+        _, members = _groups(list(table.prompt_id))
+        ratio, length = (table.logp_weak - table.logp_weak_ref).to_numpy(), table.n_tokens_weak.to_numpy().astype(float)
+        orders = [ratio, ratio / np.maximum(length, 1), -length, table.logp_weak_ref.to_numpy(), table.logp_weak.to_numpy()]
+        rows.append(f"| {seed_of_signal(signal, by_digest)} | " + " | ".join(f"{_pairwise(o, gold, members)[0]:.3f}" for o in orders) + " |")
+    return rows
+
+
+def kl_rows(found: list[dict], policies: list[str]) -> list[str]:
+    """k3 KL and k1 = mean(log π − log π_ref) per checkpoint, from each seed's newest evaluation version."""
+    newest: dict[tuple[str, int], dict] = {}
+    for m in found:
+        if m["stage"].startswith("evaluate_") and m["stage"].removeprefix("evaluate_") in policies:
+            key = (m["stage"], m["config"]["seed"])
+            if key not in newest or m["version"] > newest[key]["version"]:
+                newest[key] = m
+    rows = ["| policy | seed | evaluation version | KL k3 at each checkpoint (fraction: k3 / k1) |", "|---|---|---|---|"]
+    for (stage, seed), m in sorted(newest.items()):
+        table = pq.read_table(m["folder"] / "samples.parquet").to_pandas()
+        if "k3" not in table:
+            continue
+        table["k1"] = table.logp_policy - table.logp_ref
+        cells = [f"{f:.2f}: {g.k3.mean():.2f} / {g.k1.mean():+.2f}" for f, g in table.groupby("fraction")]
+        rows.append(f"| {stage.removeprefix('evaluate_')} | {seed} | {m['version']} | {' · '.join(cells)} |")
     return rows
 
 
@@ -80,8 +130,11 @@ def main() -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--policies", nargs="+", default=["eve", "naive_sft"])
     args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     found = manifests(args.root)
-    print("\n".join(signal_rows(found)) + "\n\n" + "\n".join(curve_rows(found, args.policies)))
+    tables = [signal_rows(found), ordering_rows(found), curve_rows(found, args.policies),
+              kl_rows(found, [*args.policies, "strong_ceiling"])]
+    print("\n\n".join("\n".join(rows) for rows in tables))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage `teacher_signal`: how good the weak teacher's ranking of the strong samples is, by the gold
 reward (w2s/teacher_signal.py): the gold reward of EVE's F-weighted training data over β/λ against
-D_weak (naive SFT's data) and best-of-K, pairwise and top-1 agreement of the weak log-ratio with the
+naive SFT's data (D_weak, or π_weak's K answers to EVE's prompts under `matched`) and best-of-K, pairwise and top-1 agreement of the weak log-ratio with the
 gold ordering. Evaluation only: nothing trains on it. Part of `w2s run`; the report shows it.
 
     w2s run --config pipeline_config.yaml     # then see the report's "Weak-teacher signal" section
@@ -28,16 +28,19 @@ from w2s.tracking import RunContext
 class TeacherSignalSlice(Section):
     gold_reward: GoldRewardSpec
     beta_over_lambda: tuple[float, ...]
+    naive_sft_data: str  # which data `demos` is: the label of the report's comparison row
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> TeacherSignalSlice:
         # the paper's grid (fig. 5; the sweep's schema default), the run's own β/λ and every swept one:
         # computing a point costs nothing, training one costs a student
         betas = sorted({*SweepConfig().beta_over_lambda, config.weights.beta_over_lambda, *config.sweep.beta_over_lambda})
-        return cls(gold_reward=config.models.gold_reward, beta_over_lambda=tuple(betas))
+        return cls(gold_reward=config.models.gold_reward, beta_over_lambda=tuple(betas),
+                   naive_sft_data=config.baselines.naive_sft_data)
 
 
-@stage(version=1, reads=TeacherSignalSlice.from_pipeline)
+# 2: compared against naive SFT's own data (matched demos under `matched`), not always D_weak
+@stage(version=2, reads=TeacherSignalSlice.from_pipeline)
 def teacher_signal(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, demos: ArtifactRef,
                    scores: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
@@ -52,12 +55,13 @@ def teacher_signal(ctx: RunContext, cfg: TeacherSignalSlice, data: ArtifactRef, 
         reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         gold = np.asarray(reward.score(samples.column("prompt").to_pylist(), samples.column("completion").to_pylist(),
                                        [meta_of[pid] for pid in ids]), np.float64)
-        d_weak = read_weak_demos(store.materialise(demos), demos.stage)
-        d_weak_gold = np.asarray(d_weak.column("gold_reward").to_numpy(zero_copy_only=False), np.float64)
+        naive_data = read_weak_demos(store.materialise(demos), demos.stage)
+        naive_gold = np.asarray(naive_data.column("gold_reward").to_numpy(zero_copy_only=False), np.float64)
         signal = signals.teacher_signal(ids, samples.column("logp_weak").to_numpy(), samples.column("logp_weak_ref").to_numpy(),
-                                gold, d_weak_gold, list(cfg.beta_over_lambda))
-        writer.write_bytes("signal.json", json.dumps(signal.as_json(), indent=1).encode())  # β/λ = ∞ dumps as Infinity
-        signals.plot_signal(signal, writer.path("teacher_signal.png"))
+                                gold, naive_gold, list(cfg.beta_over_lambda))
+        document = signal.as_json() | {"naive_sft_data": cfg.naive_sft_data}
+        writer.write_bytes("signal.json", json.dumps(document, indent=1).encode())  # β/λ = ∞ dumps as Infinity
+        signals.plot_signal(signal, writer.path("teacher_signal.png"), cfg.naive_sft_data)
         run.log_artifact(writer.path("teacher_signal.png"))
         return StageOutput({k: v for k, v in signal.metrics().items() if not math.isnan(v)})
 

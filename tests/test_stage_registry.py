@@ -44,9 +44,11 @@ def test_every_flow_stage_is_declared_and_every_declared_stage_runs_in_a_flow(de
     in_flows = {name for stages in flows.values() for name in stages}
     assert in_flows == set(registry)
     eve = flows["eve"]
-    # the teacher's gold signal is read before any student trains (`--until teacher_signal`: the gate)
-    assert eve[:11] == ["data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights",
-                        "teacher_signal", "student"]
+    # the teacher's gold signal is read before any student trains (`--until teacher_signal`: the gate), against naive
+    # SFT's own data: under matched (the default) that is matched_demos, so it is made before the signal
+    assert eve[:12] == ["data", "strong_base", "weak_base", "weak_sft", "weak_dpo", "weak_demos", "sampling", "scoring", "weights",
+                        "matched_demos", "teacher_signal", "student"]
+    assert flows["eve[d_weak]"][9:11] == ["teacher_signal", "student"]
     assert eve[-1] == "report" and set(eve) < set(flows["baselines"])
     # inputs come from the parameter names
     assert registry["scoring"][1] == ["samples", "weak", "weak_ref"] and registry["sampling"][1] == ["exemplars", "data", "strong"]

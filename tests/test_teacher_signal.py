@@ -51,7 +51,7 @@ def test_signal_matches_hand_computation():
     assert signal.points[0].ess_mean == pytest.approx(np.mean([3, 3, 2]))
     assert signal.gold_uniform == pytest.approx((0.5 + 13 / 30 + 0.5) / 3)
     assert signal.gold_best_of_k == pytest.approx((0.9 + 0.8 + 1.0) / 3)
-    assert signal.gold_d_weak == pytest.approx(0.2)
+    assert signal.gold_naive_sft == pytest.approx(0.2)
     # a: 3 of 3 pairs agree; b: 2 of 3; c: one tied pair counts ½
     assert signal.pairs == 7 and signal.pairwise_accuracy == pytest.approx((3 + 2 + 0.5) / 7)
     # a: top pick is gold-best; b: it is not; c: two picks, one gold-best
@@ -63,7 +63,11 @@ def test_signal_markdown_lists_every_point_and_rejects_bad_input():
     logp_weak, logp_ref, gold = _rows()
     signal = teacher_signal(IDS, logp_weak, logp_ref, gold, np.array([0.1]), [1.0, math.inf])
     text = "\n".join(signal_markdown(signal.as_json()))
-    assert "β/λ = 1 " in text and "β/λ = ∞" in text and "D_weak (naive SFT) | 0.100" in text
+    assert "β/λ = 1 " in text and "β/λ = ∞" in text and "naive SFT's data: D_weak (π_weak's answers to other prompts) | 0.100" in text
+    matched = "\n".join(signal_markdown(signal.as_json() | {"naive_sft_data": "matched"}))
+    assert "naive SFT's data: π_weak's K answers to EVE's prompts | 0.100" in matched and "D_weak" not in matched
+    legacy = {k.replace("gold_naive_sft", "gold_d_weak"): v for k, v in signal.as_json().items()}  # a cached v1 signal.json
+    assert "D_weak (π_weak's answers to other prompts) | 0.100" in "\n".join(signal_markdown(legacy))
     with pytest.raises(ValueError, match="row-aligned"):
         teacher_signal(IDS[:-1], logp_weak, logp_ref, gold, np.array([0.1]), [1.0])
     with pytest.raises(ValueError, match="not finite"):

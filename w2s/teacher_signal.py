@@ -8,14 +8,15 @@ training) says how good each training set is:
       the expected gold reward of the distribution EVE's weighted MLE imitates; β/λ = 0 is the
       plain average of the strong samples, β/λ = ∞ the weak teacher's top pick;
   gold_best_of_k   mean over prompts of max_i r_gold(x, y_i): what a perfect teacher could select;
-  gold_d_weak      mean r_gold of D_weak: what naive SFT imitates;
+  gold_naive_sft   mean r_gold of naive SFT's training data (D_weak, or π_weak's K answers to EVE's own
+                   prompts under `baselines.naive_sft_data: matched`): what naive SFT imitates;
   pairwise_accuracy  over within-prompt pairs with different gold reward, the fraction the weak
       log-ratio orders the same way (a tie in the log-ratio counts ½; 0.5 is chance);
   top1_agreement   fraction of prompts whose highest log-ratio sample has the highest gold reward
       (ties split evenly); chance is the mean of (#gold-best samples)/K.
 
 If gold_weighted does not rise with β/λ, the teacher cannot help EVE whatever the training does;
-if it rises but stays below gold_d_weak, naive SFT has the better data.
+if it rises but stays below gold_naive_sft, naive SFT has the better data.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class TeacherSignal:
     samples: int
     gold_uniform: float
     gold_best_of_k: float
-    gold_d_weak: float
+    gold_naive_sft: float
     pairwise_accuracy: float
     pairs: int
     top1_agreement: float
@@ -88,7 +89,7 @@ def _top1(delta: np.ndarray, gold: np.ndarray, members: list[np.ndarray]) -> tup
 
 
 def teacher_signal(prompt_ids: list[str], logp_weak: np.ndarray, logp_weak_ref: np.ndarray, gold: np.ndarray,
-                   gold_d_weak: np.ndarray, betas: list[float]) -> TeacherSignal:
+                   gold_naive_sft: np.ndarray, betas: list[float]) -> TeacherSignal:
     """`prompt_ids`, log-probs, `gold`: one entry per strong sample (K per prompt, any order)."""
     if not (len(prompt_ids) == len(logp_weak) == len(logp_weak_ref) == len(gold)) or not prompt_ids:
         raise ValueError("teacher signal: scores and gold rewards must be non-empty and row-aligned")
@@ -108,7 +109,7 @@ def teacher_signal(prompt_ids: list[str], logp_weak: np.ndarray, logp_weak_ref: 
     return TeacherSignal(
         prompts=len(members), samples=len(prompt_ids), gold_uniform=points[0].gold_weighted,
         gold_best_of_k=float(np.mean([gold[rows].max() for rows in members])),
-        gold_d_weak=float(np.mean(gold_d_weak)) if len(gold_d_weak) else math.nan,
+        gold_naive_sft=float(np.mean(gold_naive_sft)) if len(gold_naive_sft) else math.nan,
         pairwise_accuracy=accuracy, pairs=pairs, top1_agreement=top1, top1_chance=chance, points=tuple(points))
 
 
@@ -116,7 +117,7 @@ def signal_markdown(signal: dict) -> list[str]:
     """The report's block from a `signal.json` (TeacherSignal.as_json)."""
     lines = ["**Weak-teacher signal** (gold reward of the training data; evaluation only, the first seed)", "",
              "| training data | mean gold reward |", "|---|---|",
-             f"| D_weak (naive SFT) | {signal['gold_d_weak']:.3f} |",
+             f"| {naive_sft_label(signal.get('naive_sft_data', 'd_weak'))} | {signal.get('gold_naive_sft', signal.get('gold_d_weak')):.3f} |",
              f"| strong samples, unweighted (β/λ = 0) | {signal['gold_uniform']:.3f} |"]
     lines += [f"| EVE, F-weighted, β/λ = {_beta(p['beta_over_lambda'])} (mean ESS {p['ess_mean']:.2f}) | {p['gold_weighted']:.3f} |"
               for p in signal["points"] if p["beta_over_lambda"] > 0]
@@ -130,7 +131,15 @@ def _beta(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:g}"
 
 
-def plot_signal(signal: TeacherSignal, path) -> None:
+NAIVE_SFT_DATA = {"d_weak": "naive SFT's data: D_weak (π_weak's answers to other prompts)",
+                  "matched": "naive SFT's data: π_weak's K answers to EVE's prompts"}
+
+
+def naive_sft_label(which: str) -> str:
+    return NAIVE_SFT_DATA.get(which, f"naive SFT's data ({which})")
+
+
+def plot_signal(signal: TeacherSignal, path, naive_sft_data: str = "d_weak") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,8 +151,8 @@ def plot_signal(signal: TeacherSignal, path) -> None:
     ax.plot(x, [p.gold_weighted for p in signal.points], "o-", label="EVE training data (F-weighted strong samples)")
     ax.axhline(signal.gold_best_of_k, ls="--", c="tab:green", label="best of K (perfect teacher)")
     ax.axhline(signal.gold_uniform, ls=":", c="tab:gray", label="strong samples, unweighted")
-    if not math.isnan(signal.gold_d_weak):
-        ax.axhline(signal.gold_d_weak, ls="-.", c="tab:red", label="D_weak (naive SFT data)")
+    if not math.isnan(signal.gold_naive_sft):
+        ax.axhline(signal.gold_naive_sft, ls="-.", c="tab:red", label=naive_sft_label(naive_sft_data))
     ax.set_xticks(x, labels)
     ax.set_xlabel("β/λ")
     ax.set_ylabel("mean gold reward of the training data")
