@@ -5,6 +5,7 @@ log π(y + EOS | x). Checked against log-probs summed by hand over the drawn tok
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -81,3 +82,38 @@ def test_kl_log_probs_are_scored_in_the_format_the_sampler_ran(tmp_path):
     assert as_sampled.precision_of(tmp_path / "bfloat16") == "bf16" and as_sampled.precision_of(tmp_path / "float32") == "fp32"
     pinned = EvaluateSlice.from_pipeline(load_config(None, ["engines.generation.backend=vllm", "evaluation.score_precision=fp32"]))
     assert pinned.precision_of(tmp_path / "bfloat16") == "fp32"
+
+
+def test_kl_scores_each_checkpoint_as_sampled_and_loads_the_reference_once(tmp_path, monkeypatch):
+    """kl_logps: every checkpoint's answers under its own format, π_ref's once for all checkpoints."""
+    import numpy as np
+
+    import tasks.evaluate as evaluate
+    from w2s.config.loading import load_config
+
+    folders = {}
+    for name, declared in (("final", "bfloat16"), ("step-2", "bfloat16"), ("ref", "float32")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "config.json").write_text(json.dumps({"dtype": declared}))
+    calls = []
+
+    def fake_score_rows(model_dir, prompts, completions, ended, batch_tokens, label, precision, device):
+        calls.append((Path(model_dir).name, precision, list(completions)))
+        return [float(len(c)) + (0.5 if Path(model_dir).name == "ref" else 0.0) for c in completions]
+
+    monkeypatch.setattr(evaluate, "score_rows", fake_score_rows)
+    monkeypatch.setattr(evaluate, "model_dir", lambda ref, store: folders["ref"])
+    monkeypatch.setattr(evaluate, "torch_device", lambda device: "cpu")
+    cfg = evaluate.EvaluateSlice.from_pipeline(load_config(None, ["engines.generation.backend=vllm"]))
+    points = [{"name": "final", "path": folders["final"]}, {"name": "step-2", "path": folders["step-2"]}]
+    answered = [[Record("a", 0, " x", 1, "stop", 0, "\n"), Record("b", 0, " yy", 2, "length", 0)],
+                [Record("a", 0, " zzz", 3, "stop", 0), Record("b", 0, " w", 1, "stop", 0, "\n")]]
+    ctx = type("Ctx", (), {"device": "cpu"})()
+    kl_ref = type("Ref", (), {"stage": "strong_base"})()
+    policy, ref = evaluate.kl_logps(ctx, cfg, "evaluate_eve", ["p1", "p2"], points, answered, kl_ref, None)
+    assert [(name, precision) for name, precision, _ in calls] == [("final", "bf16"), ("step-2", "bf16"), ("ref", "fp32")]
+    assert calls[-1][2] == [" x\n", " yy", " zzz", " w\n"]  # every checkpoint's samples as drawn, in one call
+    np.testing.assert_array_equal(policy[1], [4.0, 3.0])
+    np.testing.assert_array_equal(ref[0], [3.5, 3.5])
+    np.testing.assert_array_equal(ref[1], [4.5, 3.5])
