@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,28 @@ def test_signal_markdown_lists_every_point_and_rejects_bad_input():
         teacher_signal(IDS[:-1], logp_weak, logp_ref, gold, np.array([0.1]), [1.0])
     with pytest.raises(ValueError, match="not finite"):
         teacher_signal(IDS, logp_weak, logp_ref, np.r_[gold[:-1], np.nan], np.array([0.1]), [1.0])
+
+
+def test_naive_sft_data_is_read_as_d_weak_or_as_k_answers_per_prompt(tmp_path):
+    """The gate compares EVE's data with naive SFT's: D_weak (one answer per prompt) or matched_demos
+    (K per prompt, told apart by sample_idx); a repeated row is still an error either way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from w2s.baseline_data import read_weak_demos
+
+    def write(name: str, ids: list[str], sample_idx: list[int] | None) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        columns = {"prompt_id": ids, "prompt": ["x"] * len(ids), "response": [" y"] * len(ids), "finish_reason": ["stop"] * len(ids),
+                   "meta": ["{}"] * len(ids), "gold_reward": [0.5] * len(ids)}
+        if sample_idx is not None:
+            columns["sample_idx"] = pa.array(sample_idx, pa.int32())
+        pq.write_table(pa.table(columns), folder / "weak_demos.parquet")
+        return folder
+
+    assert read_weak_demos(write("matched", ["a", "a", "b", "b"], [0, 1, 0, 1]), "matched").num_rows == 4
+    with pytest.raises(ValueError, match=r"duplicate \(prompt_id, sample_idx\).*'a', 1"):
+        read_weak_demos(write("matched_repeat", ["a", "a", "b"], [1, 1, 0]), "matched")
+    with pytest.raises(ValueError, match=r"duplicate prompt_ids \['a'\]"):
+        read_weak_demos(write("d_weak_repeat", ["a", "a", "b"], None), "d_weak")

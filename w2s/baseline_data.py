@@ -26,7 +26,8 @@ SCORE_COLUMNS = ("prompt_id", "sample_idx", "prompt", "completion", "finish_reas
 
 # ------------------------------------------------------------------------------------------ D_weak
 def read_weak_demos(folder: Path, where: str) -> pa.Table:
-    """D_weak from a weak_demos artifact folder, checked: columns, rows, unique prompt ids, text."""
+    """D_weak from a weak_demos artifact folder, checked: columns, rows, unique prompt ids, text.
+    A matched_demos artifact answers each prompt K times: its rows are unique by (prompt_id, sample_idx)."""
     path = folder / D_WEAK_FILE
     if not path.exists():
         raise ValueError(f"{where}: no {D_WEAK_FILE} (is this a weak_demos artifact?)")
@@ -37,9 +38,11 @@ def read_weak_demos(folder: Path, where: str) -> pa.Table:
     if table.num_rows == 0:
         raise ValueError(f"{where}/{D_WEAK_FILE} has no rows")
     ids = table.column("prompt_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"{where}/{D_WEAK_FILE}: duplicate prompt_ids {dupes[:5]}")
+    keys = list(zip(ids, table.column("sample_idx").to_pylist())) if "sample_idx" in table.column_names else ids
+    if len(set(keys)) != len(keys):
+        seen: set = set()
+        dupes = sorted({str(k) for k in keys if k in seen or seen.add(k)})
+        raise ValueError(f"{where}/{D_WEAK_FILE}: duplicate {'(prompt_id, sample_idx)' if keys is not ids else 'prompt_ids'} {dupes[:5]}")
     for column in ("prompt", "response"):
         bad = [ids[i] for i, v in enumerate(table.column(column).to_pylist()) if not isinstance(v, str)]
         if bad:
