@@ -20,12 +20,17 @@ import pyarrow.parquet as pq
 
 
 def manifests(root: Path) -> list[dict]:
+    """Every manifest of the root, but of a stage run at several versions (a cache kept across code
+    changes) only the newest version's artifacts."""
     found = []
     for path in sorted(root.glob("*/*/manifest.json")):
         manifest = json.loads(path.read_text())
         manifest["folder"] = path.parent
         found.append(manifest)
-    return found
+    newest = {}
+    for m in found:
+        newest[m["stage"]] = max(newest.get(m["stage"], m["version"]), m["version"])
+    return [m for m in found if m["version"] == newest[m["stage"]]]
 
 
 def seed_of_signal(signal: dict, by_digest: dict[str, dict]) -> int:
@@ -78,15 +83,11 @@ def ordering_rows(found: list[dict]) -> list[str]:
 
 
 def kl_rows(found: list[dict], policies: list[str]) -> list[str]:
-    """k3 KL and k1 = mean(log π − log π_ref) per checkpoint, from each seed's newest evaluation version."""
-    newest: dict[tuple[str, int], dict] = {}
-    for m in found:
-        if m["stage"].startswith("evaluate_") and m["stage"].removeprefix("evaluate_") in policies:
-            key = (m["stage"], m["config"]["seed"])
-            if key not in newest or m["version"] > newest[key]["version"]:
-                newest[key] = m
+    """k3 KL and k1 = mean(log π − log π_ref) per checkpoint."""
+    evaluations = {(m["stage"], m["config"]["seed"]): m for m in found
+                   if m["stage"].startswith("evaluate_") and m["stage"].removeprefix("evaluate_") in policies}
     rows = ["| policy | seed | evaluation version | KL k3 at each checkpoint (fraction: k3 / k1) |", "|---|---|---|---|"]
-    for (stage, seed), m in sorted(newest.items()):
+    for (stage, seed), m in sorted(evaluations.items()):
         table = pq.read_table(m["folder"] / "samples.parquet").to_pandas()
         if "k3" not in table:
             continue
