@@ -191,6 +191,11 @@ def test_a_matched_k_sweep_trains_naive_sft_at_each_k_and_reports_both():
     report_labels = set(next(inputs for name, _, inputs in calls if name == "report")["evaluations"])
     assert {"naive_sft/seed:0/k:2", "naive_sft/seed:0/k:8", "eve/seed:0/k:8", "naive_sft/seed:0"} <= report_labels
     base_k = load_config(REPO / "configs" / "tiny.yaml", []).sampling.k
-    assert sorted(config.sampling.k for name, config, _ in calls if name == "matched_demos") == sorted([base_k, 2, 8])  # base run + each K
+    # the base run and each K point make matched_demos at their own K (a β point asks for the base run's again:
+    # the same config, so the same key, a cache hit), and each naive SFT trains on the one of its own K
+    made = {f"k{i + 1}": config.sampling.k for i, (name, config, _) in enumerate(calls) if name == "matched_demos"}
+    assert set(made.values()) == {base_k, 2, 8}
+    trained = [(config.sampling.k, made[inputs["demos"].key]) for name, config, inputs in calls if name == "naive_sft"]
+    assert {k for k, _ in trained} == {base_k, 2, 8} and all(k == demos_k for k, demos_k in trained)
     on_d_weak = set(next(inputs for name, _, inputs in traced("baselines.naive_sft_data=d_weak") if name == "report")["evaluations"])
     assert "naive_sft/seed:0/k:8" not in on_d_weak and "eve/seed:0/k:8" in on_d_weak
