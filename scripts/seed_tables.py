@@ -42,10 +42,7 @@ def signal_rows(found: list[dict]) -> list[str]:
     by_digest = {m["digest"]: m for m in found if "digest" in m}
     rows = ["| seed | D_weak | matched (π_weak on EVE's prompts) | strong samples (β/λ = 0) | EVE β/λ = 1 | EVE β/λ = ∞ "
             "| best of K | pairwise accuracy (pairs) | top-1 (chance) |", "|---|---|---|---|---|---|---|---|---|"]
-    def gold_by_seed(stage: str, metric: str) -> dict:
-        return {m["config"].get("seed"): m["metrics"].get(metric) for m in found if m["stage"] == stage}
-
-    matched = gold_by_seed("matched_demos", "gold_reward_matched")
+    matched = {m["config"].get("seed"): m["metrics"].get("gold_reward_matched") for m in found if m["stage"] == "matched_demos"}
     d_weak = {by_digest[m["inputs"]["weak"]]["config"].get("seed"): m["metrics"].get("gold_reward_d_weak")
               for m in found if m["stage"] == "weak_demos" and m["inputs"].get("weak") in by_digest}
     for signal in sorted((m for m in found if m["stage"] == "teacher_signal"), key=lambda m: seed_of_signal(m, by_digest)):

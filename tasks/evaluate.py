@@ -13,6 +13,8 @@ so paired comparisons (win-rate) see common random numbers.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,7 +89,7 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
                 engine.use_weights(point["path"])
                 answers = answer_with(engine, cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
                 answered.append([answers[pid] for pid in ids])
-        logps = kl_logps(ctx, cfg, writer.stage, prompts, points, answered, kl_ref, store) if kl_ref is not None else None
+        kl = kl_logps(ctx, cfg, writer.stage, prompts, points, answered, kl_ref, store) if kl_ref is not None else None
         tables, metrics = [], {}
         for i, (point, records) in enumerate(zip(points, answered)):
             responses = [r.completion for r in records]
@@ -101,8 +103,8 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             }
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
-            if logps is not None:
-                logp, logp_ref = logps[0][i], logps[1][i]
+            if kl is not None:
+                logp, logp_ref = kl.policy[i], kl.reference[i]
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
@@ -113,26 +115,33 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
         run.log_table(samples.select(shown).to_pydict(), TABLE)  # MLflow's evaluation view: every answer, its reward, its k3
         return StageOutput(metrics, {"policy": writer.stage.removeprefix("evaluate_"), "n_prompts": len(ids),
                                      "kl_reference": kl_ref.stage if kl_ref is not None else None,
-                                     "kl_precision": {"policy": cfg.precision_of(points[0]["path"]),
-                                                      "reference": cfg.precision_of(model_dir(kl_ref, store))} if kl_ref is not None else None})
+                                     "kl_precision": kl.precision if kl is not None else None})
 
     return body
 
 
+class KLLogps(NamedTuple):
+    policy: list[np.ndarray]  # per checkpoint, log π_θ of each answer
+    reference: list[np.ndarray]  # per checkpoint, log π_ref of the same answers
+    precision: dict[str, str]  # the format each side was scored in
+
+
 def kl_logps(ctx: RunContext, cfg: EvaluateSlice, stage: str, prompts: list[str], points: list[dict], answered: list[list],
-             kl_ref: ArtifactRef, store: ArtifactStore) -> tuple[list[np.ndarray], list[np.ndarray]]:
+             kl_ref: ArtifactRef, store: ArtifactStore) -> KLLogps:
     """Per checkpoint, log π_θ and log π_ref of each answer as it was drawn (y + its stop string, or
     y + EOS; Record.sampled). π_ref is loaded once and scores every checkpoint's answers in one call."""
     device, batch = torch_device(ctx.device), cfg.evaluation.score_batch_tokens
     drawn = [[r.sampled() for r in records] for records in answered]
+    formats = [cfg.precision_of(point["path"]) for point in points]
     policy = [np.array(score_rows(point["path"], prompts, [d for d, _ in rows], [e for _, e in rows], batch,
-                                  f"{stage} {point['name']}", cfg.precision_of(point["path"]), device))
-              for point, rows in zip(points, drawn)]
+                                  f"{stage} {point['name']}", precision, device))
+              for point, rows, precision in zip(points, drawn, formats)]
     ref_dir = model_dir(kl_ref, store)
+    ref_format = cfg.precision_of(ref_dir)
     flat = [row for rows in drawn for row in rows]
     ref = np.array(score_rows(ref_dir, prompts * len(points), [d for d, _ in flat], [e for _, e in flat], batch,
-                              f"{kl_ref.stage} (KL reference)", cfg.precision_of(ref_dir), device))
-    return policy, list(ref.reshape(len(points), len(prompts)))
+                              f"{kl_ref.stage} (KL reference)", ref_format, device))
+    return KLLogps(policy, list(ref.reshape(len(points), len(prompts))), {"policy": formats[0], "reference": ref_format})
 
 
 def declare_evaluation(label: str) -> Stage:

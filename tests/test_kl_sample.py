@@ -111,7 +111,9 @@ def test_kl_scores_each_checkpoint_as_sampled_and_loads_the_reference_once(tmp_p
                 [Record("a", 0, " zzz", 3, "stop", 0), Record("b", 0, " w", 1, "stop", 0, "\n")]]
     ctx = type("Ctx", (), {"device": "cpu"})()
     kl_ref = type("Ref", (), {"stage": "strong_base"})()
-    policy, ref = evaluate.kl_logps(ctx, cfg, "evaluate_eve", ["p1", "p2"], points, answered, kl_ref, None)
+    kl = evaluate.kl_logps(ctx, cfg, "evaluate_eve", ["p1", "p2"], points, answered, kl_ref, None)
+    policy, ref = kl.policy, kl.reference
+    assert kl.precision == {"policy": "bf16", "reference": "fp32"}  # what the stage's info reports
     assert [(name, precision) for name, precision, _ in calls] == [("final", "bf16"), ("step-2", "bf16"), ("ref", "fp32")]
     assert calls[-1][2] == [" x\n", " yy", " zzz", " w\n"]  # every checkpoint's samples as drawn, in one call
     np.testing.assert_array_equal(policy[1], [4.0, 3.0])

@@ -12,6 +12,7 @@ The stage files in tasks/ (refinement.py, dpo_weak_reward.py, strong_evaluator.p
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,11 +39,11 @@ def read_weak_demos(folder: Path, where: str) -> pa.Table:
     if table.num_rows == 0:
         raise ValueError(f"{where}/{D_WEAK_FILE} has no rows")
     ids = table.column("prompt_id").to_pylist()
-    keys = list(zip(ids, table.column("sample_idx").to_pylist())) if "sample_idx" in table.column_names else ids
-    if len(set(keys)) != len(keys):
-        seen: set = set()
-        dupes = sorted({str(k) for k in keys if k in seen or seen.add(k)})
-        raise ValueError(f"{where}/{D_WEAK_FILE}: duplicate {'(prompt_id, sample_idx)' if keys is not ids else 'prompt_ids'} {dupes[:5]}")
+    by_sample = "sample_idx" in table.column_names
+    keys = list(zip(ids, table.column("sample_idx").to_pylist())) if by_sample else ids
+    dupes = sorted(str(key) for key, count in Counter(keys).items() if count > 1)
+    if dupes:
+        raise ValueError(f"{where}/{D_WEAK_FILE}: duplicate {'(prompt_id, sample_idx)' if by_sample else 'prompt_ids'} {dupes[:5]}")
     for column in ("prompt", "response"):
         bad = [ids[i] for i, v in enumerate(table.column(column).to_pylist()) if not isinstance(v, str)]
         if bad:

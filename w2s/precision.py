@@ -11,7 +11,9 @@ measures the speed and what bf16 does to the log-probs and the F-weights' rankin
 
 from __future__ import annotations
 
+import json
 from functools import cache
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -54,9 +56,6 @@ def sampled_precision(backend: str, model_dir) -> Literal["fp32", "bf16"]:
     its samples was 3.3 nats above the fp32 forward's and 0.25 from the bf16 forward's (the base
     model, whose weights are bf16-exact: 0.16 and 0.22). The k3 KL is unbiased only for the log-prob
     of the distribution that drew the sample, so evaluation scores in this format (docs/results)."""
-    import json
-    from pathlib import Path
-
     if backend != "vllm":
         return "fp32"
     config = json.loads((Path(model_dir) / "config.json").read_text())
