@@ -23,8 +23,18 @@ stamp=$venv/.w2s-env-$stamp_key
 if [ -f "$stamp" ]; then exit 0; fi
 
 echo "[setup-env] creating $venv (one-off, ~10 min on 2 cores)" >&2
+# The finished .venv is 3.7 GB; pip unpacks each wheel beside it. A full disk otherwise surfaces as pip's
+# "[Errno 28] No space left on device" minutes in, with a half-built venv.
+venv_parent=$(dirname "$venv")
+free_kb=$(df -Pk "$venv_parent" | awk 'NR==2 {print $4}')
+echo "[setup-env] free space on $venv_parent: $((free_kb / 1024 / 1024)) GiB (the venv needs about 4.5)" >&2
+if [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
+  echo "[setup-env] not enough disk for the venv: $((free_kb / 1024)) MiB free on $venv_parent, about 4.5 GiB needed" >&2
+  exit 1
+fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+# --no-cache-dir: a second copy of every wheel in ~/.cache/pip would double the peak disk use for a one-off install
+pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check --no-cache-dir)
 # this machine's pip config lists local mirror folders that may be absent; drop that noise only
 exec 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 "${pip[@]}" --upgrade "pip==25.3" "setuptools<81" wheel
