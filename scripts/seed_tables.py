@@ -89,7 +89,7 @@ def kl_rows(found: list[dict], policies: list[str]) -> list[str]:
         if "k3" not in table:
             continue
         table["k1"] = table.logp_policy - table.logp_ref
-        cells = [f"{f:.2f}: {g.k3.mean():.2f} / {g.k1.mean():+.2f}" for f, g in table.groupby("fraction")]
+        cells = [f"{f:.2f}: {g.k3.mean():.2f} / {g.k1.mean():+.2f}" for f, g in table.dropna(subset=["k3"]).groupby("fraction")]
         rows.append(f"| {stage.removeprefix('evaluate_')} | {seed} | {m['version']} | {' · '.join(cells)} |")
     return rows
 

@@ -89,7 +89,8 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
                 engine.use_weights(point["path"])
                 answers = answer_with(engine, cfg.seed, cfg.evaluation, ids, prompts, seed_salt="eval:", what="test prompts")
                 answered.append([answers[pid] for pid in ids])
-        kl = kl_logps(ctx, cfg, writer.stage, prompts, points, answered, kl_ref, store) if kl_ref is not None else None
+        n_kl = len(points) if cfg.evaluation.kl_checkpoints == "all" else 1  # points[0] is the final model
+        kl = kl_logps(ctx, cfg, writer.stage, prompts, points[:n_kl], answered[:n_kl], kl_ref, store) if kl_ref is not None else None
         tables, metrics = [], {}
         for i, (point, records) in enumerate(zip(points, answered)):
             responses = [r.completion for r in records]
@@ -103,7 +104,7 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
             }
             prefix = "" if point["name"] == "final" else f"{point['name']}/"
             metrics[f"{prefix}gold_reward"] = performance(gold)
-            if kl is not None:
+            if kl is not None and i < len(kl.policy):
                 logp, logp_ref = kl.policy[i], kl.reference[i]
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO
@@ -50,6 +51,17 @@ def test_run_twice_second_is_fully_cached(tmp_path):
             if line.split()[:1] and line.split()[0] in STAGES and line.split()[1] == "miss"} == after_weights, forced.stdout
     until = _w2s("run", "--config", str(config), "--until", "data", cwd=tmp_path)
     assert until.returncode == 0 and "strong_base" not in until.stdout.split("total")[0]
+    # KL at the final model only: the evaluations rerun, nothing they read; its intermediate rows carry no k3
+    final_kl = _w2s("run", "--config", str(config), "--set", "evaluation.kl_checkpoints=final", "--until", "evaluate_naive_sft", cwd=tmp_path)
+    assert final_kl.returncode == 0, final_kl.stderr[-3000:]
+    missed = {s for s, v in _plan_rows(final_kl.stdout).items() if v == "miss"}
+    assert "evaluate_naive_sft" in missed and all(s.startswith("evaluate_") for s in missed), final_kl.stdout
+    with_kl = set()
+    for samples in (tmp_path / "art" / "evaluate_naive_sft").rglob("samples.parquet"):
+        table = pq.read_table(samples).to_pandas()
+        with_kl.add(frozenset(table.dropna(subset=["k3"]).fraction))
+        assert table.fraction.nunique() == 2  # PGR over training is evaluated either way
+    assert with_kl == {frozenset({0.5, 1.0}), frozenset({1.0})}
     assert not (tmp_path / "mlruns").exists()
 
 

@@ -134,6 +134,21 @@ def test_a_k_sweep_reports_each_policy_it_ran(tmp_path):
     assert "pgr_vs_k.png" in {p.name for p in images}
 
 
+def test_a_kl_at_the_final_model_only_gives_one_reward_kl_point_per_seed():
+    """kl_checkpoints: final leaves k3 null at the intermediate checkpoints: the KL column and the
+    reward-KL points come from the final rows, the PGR curve from every checkpoint."""
+    ids = ["a", "b"]
+    evaluations = {"weak/seed:0": _samples(dict(zip(ids, [0.0, 0.0]))), "strong_ceiling/seed:0": _samples(dict(zip(ids, [2.0, 2.0]))),
+                   "reference/seed:0": _samples(dict(zip(ids, [1.0, 1.0])))}
+    intermediate = _samples({}, {0.5: dict(zip(ids, [0.5, 0.5]))})
+    final = _samples(dict(zip(ids, [2.0, 1.0])), k3=0.7)
+    evaluations["eve/seed:0"] = pa.concat_tables([final, intermediate], promote_options="default")  # as evaluate writes it
+    eve = build_report(evaluations).policies["eve"]
+    assert eve.kl == [0.7] and eve.kl_win == [(1.0, 0.7, 0.75)]
+    np.testing.assert_allclose(eve.curve[0.5], [0.25])
+    np.testing.assert_allclose(eve.curve[1.0], [0.75])
+
+
 def test_the_html_report_escapes_raw_html_in_the_markdown():
     page = render_html("# t\n\n<script>alert(1)</script> a & b\n", [])
     assert "<script>" not in page and "&lt;script&gt;" in page

@@ -161,6 +161,11 @@ def test_data_parallel_replicas_get_disjoint_devices_and_contiguous_balanced_wor
             assert worker_env(GenerationEngineConfig(), {"VLLM_CPU_OMP_THREADS_BIND": "1"})["VLLM_CPU_OMP_THREADS_BIND"] == "1"
             patch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
             assert worker_env(GenerationEngineConfig())["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+            # the engine core in the worker process (bench/engine_start.py), unless the environment says otherwise
+            patch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+            assert worker_env(GenerationEngineConfig())["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+            patch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+            assert worker_env(GenerationEngineConfig())["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
     rng = random.Random(7)
     requests = [Request(f"r{i}", "x" * rng.randint(10, 400), n=rng.choice([1, 4]), seed=i) for i in range(101)]
     for parts in (1, 2, 3, 8):
