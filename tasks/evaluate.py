@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import EvaluationConfig, GenerationEngineConfig, GoldRewardSpec, PipelineConfig
@@ -41,6 +41,15 @@ class EvaluateSlice(BaseModel):
     engine: GenerationEngineConfig
     gold_reward: GoldRewardSpec
     seed: int
+
+    @model_serializer(mode="wrap")
+    def _old_keys_for_the_old_behaviour(self, handler):
+        """The cache key's config: `kl_checkpoints` is named only when it is not `all`, the behaviour
+        before the option existed, so evaluations cached then keep their keys."""
+        dumped = handler(self)
+        if dumped["evaluation"].get("kl_checkpoints") == "all":
+            dumped["evaluation"] = {k: v for k, v in dumped["evaluation"].items() if k != "kl_checkpoints"}
+        return dumped
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> EvaluateSlice:

@@ -119,3 +119,20 @@ def test_kl_scores_each_checkpoint_as_sampled_and_loads_the_reference_once(tmp_p
     np.testing.assert_array_equal(policy[1], [4.0, 3.0])
     np.testing.assert_array_equal(ref[0], [3.5, 3.5])
     np.testing.assert_array_equal(ref[1], [4.5, 3.5])
+
+
+def test_the_kl_checkpoints_option_keeps_the_keys_of_evaluations_cached_before_it():
+    """`all` (the behaviour before the option) is left out of the key's config; `final` is a new key."""
+    import tasks.evaluate as evaluate
+    from w2s.artifacts import cache_key
+    from w2s.config.loading import load_config
+    from w2s.stage import config_slice
+
+    def evaluation_slice(value):
+        return config_slice(evaluate.EvaluateSlice.from_pipeline(load_config(None, [f"evaluation.kl_checkpoints={value}"])))
+
+    every, final = evaluation_slice("all"), evaluation_slice("final")
+    assert "kl_checkpoints" not in every["evaluation"] and final["evaluation"]["kl_checkpoints"] == "final"
+    assert {k: v for k, v in final["evaluation"].items() if k != "kl_checkpoints"} == every["evaluation"]
+    assert cache_key("evaluate_eve", 3, every, {}) != cache_key("evaluate_eve", 3, final, {})
+    assert evaluate.EvaluateSlice.model_validate(every).evaluation.kl_checkpoints == "all"  # a cached manifest's config reads back
