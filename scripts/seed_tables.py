@@ -1,7 +1,8 @@
 """Per-seed tables of an artifact root, for docs/results: the weak teacher's gold signal of each seed
 (teacher_signal, followed back to its sampling stage's seed), how other orderings of the same strong
 samples agree with gold, every evaluated policy's P(π) at each checkpoint with PGR against that
-seed's π_weak and strong ceiling (fig. 3's curves), and the KL estimates at each checkpoint.
+seed's π_weak and strong ceiling (fig. 3's curves), the KL estimates at each checkpoint, and EVE's
+student at every β/λ the root holds (fig. 5).
 
     .venv/bin/python scripts/seed_tables.py ARTIFACT_ROOT [--policies eve naive_sft]
 
@@ -123,6 +124,35 @@ def curve_rows(found: list[dict], policies: list[str]) -> list[str]:
     return rows
 
 
+def beta_rows(found: list[dict]) -> list[str]:
+    """EVE's student at each β/λ the root holds, per seed: evaluate_eve → its student → the weights
+    it trained on (β/λ, mean ESS) and PGR against that seed's anchors (fig. 5 at the student level)."""
+    by_digest = {m["digest"]: m for m in found if "digest" in m}
+    finals = {}
+    for m in found:
+        if m["stage"].startswith("evaluate_"):
+            table = pq.read_table(m["folder"] / "samples.parquet").to_pandas()
+            final = table[table.checkpoint == "final"]
+            kl = float(final.k3.mean()) if "k3" in final and final.k3.notna().all() else float("nan")
+            finals[m["digest"]] = (float(final.gold_reward.mean()), kl)
+    anchors = {(m["stage"], m["config"]["seed"]): finals[m["digest"]][0] for m in found
+               if m["stage"] in ("evaluate_weak", "evaluate_strong_ceiling") and "digest" in m}
+    points = []
+    for m in found:
+        student = by_digest.get(m["inputs"].get("policy")) if m["stage"] == "evaluate_eve" else None
+        if student is None or student["stage"] != "student":
+            continue
+        weights, seed = by_digest[student["inputs"]["weights"]], m["config"]["seed"]
+        p, kl = finals[m["digest"]]
+        weak, strong = anchors[("evaluate_weak", seed)], anchors[("evaluate_strong_ceiling", seed)]
+        beta = weights["config"]["beta_over_lambda"]
+        beta = float("inf") if beta is None else float(beta)  # the manifest's JSON holds β/λ = ∞ as null
+        points.append((seed, beta, weights["metrics"]["ess_mean"], p, (p - weak) / (strong - weak), kl))
+    rows = ["| seed | β/λ | mean ESS | student P(π) | PGR | KL k3 (final) |", "|---|---|---|---|---|---|"]
+    rows += [f"| {seed} | {beta:g} | {ess:.2f} | {p:.3f} | {pgr:+.3f} | {kl:.2f} |" for seed, beta, ess, p, pgr, kl in sorted(points)]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
@@ -131,7 +161,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     found = manifests(args.root)
     tables = [signal_rows(found), ordering_rows(found), curve_rows(found, args.policies),
-              kl_rows(found, [*args.policies, "strong_ceiling"])]
+              kl_rows(found, [*args.policies, "strong_ceiling"]), beta_rows(found)]
     print("\n\n".join("\n".join(rows) for rows in tables))
 
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_weak_demos, refined_completion
 from w2s.config import GenerationEngineConfig, GoldRewardSpec, PipelineConfig, RefinementConfig, TrainingEngineConfig
-from w2s.generation import Engine, Request, derive_seed, pinned_backend, refinement_prompt
+from w2s.generation import Request, derive_seed, open_engine, pinned_backend, refinement_prompt
 from w2s.devices import torch_device
 from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
@@ -96,7 +96,7 @@ def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong
         strong_dir = model_dir(strong, store)
         reward = load_gold_reward(cfg.gold_reward, torch_device(ctx.device))
         requests = build_requests(d_weak, cfg.seed)
-        with Engine(cfg.engine, str(strong_dir), cfg.seed) as engine:
+        with open_engine(cfg.engine, strong_dir, cfg.seed) as engine:
             # RefinementConfig is a GenerationParams; generate checks the prompts before the engine starts
             result = engine.generate(requests, cfg.refinement)
             engine_info = engine.info

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from w2s import faults
 from w2s.artifacts import ArtifactRef, ArtifactStore, store_for
 from w2s.config import GenerationEngineConfig, PipelineConfig, SamplingConfig
-from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, resolve_backend
+from w2s.generation import Engine, Request, derive_seed, fewshot_prompt, open_engine, resolve_backend
 from w2s.progress import bar as progress_bar
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
@@ -132,15 +133,13 @@ def sampling(
         student = pq.read_table(store.materialise(data) / "student.parquet", columns=["prompt_id", "prompt"])
         requests, plain, fewshot = build_requests(cfg, demos, student)
         folder = model_dir(strong, store)
-        eng = engine or Engine(cfg.engine, str(folder), cfg.seed)
         if engine is not None and (Path(engine.model_dir).resolve() != folder.resolve() or engine.backend != cfg.engine.backend):
             raise ValueError(f"the engine passed in runs {engine.backend} on {engine.model_dir}, the stage needs {cfg.engine.backend} on {folder}")
-        try:
+        # the engine closes on leaving (vLLM's processes exit: the next stage gets the memory) unless a
+        # flow run keeps it warm for the next stage that needs one (w2s/generation/engine.py)
+        with nullcontext(engine) if engine is not None else open_engine(cfg.engine, folder, cfg.seed) as eng:
             output = _sample_shards(writer, run, eng, requests, params, plain, fewshot, demos)
-        finally:
             closing = time.perf_counter()
-            if engine is None:
-                eng.close()  # waits for vLLM's processes to exit: the next stage gets the memory
         return StageOutput({**output.metrics, "engine_close_s": time.perf_counter() - closing}, output.info)
 
     return body

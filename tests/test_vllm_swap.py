@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams
-from w2s.generation import Request, open_engine, vllm_available
+from w2s.generation import Request, keep_engines_warm, open_engine, vllm_available
 from w2s.generation.engine import same_architecture
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not vllm_available(), reason="vllm is not installed")]
@@ -92,3 +92,31 @@ def test_another_architecture_restarts_the_engine(smollm2_dir, tmp_path):
         answered = answers(engine, PARAMS[0])
     with open_engine(ENGINE, shallow) as fresh:
         assert answered == answers(fresh, PARAMS[0])
+
+
+def test_a_flow_run_hands_running_engines_to_the_stages_after(smollm2_dir, tmp_path):
+    """keep_engines_warm (every pipeline_run): an engine a stage closes is kept and taken by the next
+    stage on a model of its architecture, which then answers as a fresh engine would; one engine per
+    architecture; all of them closed when the block ends, and none kept outside one."""
+    noisy = perturbed_copy(smollm2_dir, tmp_path / "noisy", scale=0.02, seed=11)
+    shallow = truncated_copy(smollm2_dir, tmp_path / "shallow", layers=4)
+    with open_engine(ENGINE, noisy) as fresh:
+        expected = answers(fresh, PARAMS[1])
+    assert not fresh.started  # outside a flow run an engine closes with its block
+    with keep_engines_warm():
+        with open_engine(ENGINE, smollm2_dir) as first:
+            base = answers(first, PARAMS[1])
+        assert first.started
+        with open_engine(ENGINE, shallow) as other:  # another architecture: its own engine
+            assert other is not first
+            answers(other, PARAMS[0])
+        with open_engine(ENGINE, noisy) as second:
+            assert second is first and second.model_dir == str(noisy)
+            assert answers(second, PARAMS[1]) == expected
+        with open_engine(ENGINE, smollm2_dir) as third:  # the same folder again: reloaded, answers as at first
+            assert third is first and answers(third, PARAMS[1]) == base
+        with pytest.raises(RuntimeError), open_engine(ENGINE, smollm2_dir) as failing:
+            raise RuntimeError("the stage failed")
+        assert failing is first and not failing.started  # a failed stage's engine is closed, not handed on
+        assert other.started
+    assert not other.started

@@ -213,6 +213,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     """One flow run: its stages run as Prefect tasks under a parent MLflow run (the flow's config
     as its params), with summary rows; ends quietly after the `until` stage. Misnamed stages in
     `config.orchestration` fail here, before any compute."""
+    from w2s.generation import keep_engines_warm
     from w2s.tracking import end_flow_run, start_flow_run
 
     ctx = ctx or config.run_context()
@@ -231,7 +232,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     state = PipelineState(ctx=ctx, until=until)
     token = _pipeline.set(state)
     try:
-        with use_runner(run_as_task), project_logs_in_the_run():
+        with use_runner(run_as_task), project_logs_in_the_run(), keep_engines_warm():  # stages hand on running vLLM engines
             yield state
     except UntilReached:
         end_flow_run(ctx, "FINISHED")
