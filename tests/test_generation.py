@@ -174,3 +174,40 @@ def test_data_parallel_replicas_get_disjoint_devices_and_contiguous_balanced_wor
         work = [sum(requests[i].n * (len(requests[i].prompt) + 128) for i in run) for run in runs]
         largest = max(r.n * (len(r.prompt) + 128) for r in requests)
         assert max(work) - min(work) <= 2 * largest, work  # balanced to within a request either side
+
+
+def test_kept_engines_one_per_architecture_and_none_on_a_gpu(tiny_char_model_dir, tiny_smollm_model_dir, monkeypatch):
+    """_WarmEngines.keep without starting vLLM: a stub backend that can swap weights stands in."""
+    from w2s.generation import engine as engine_module
+
+    class SwappingBackend:
+        info: dict = {}
+
+        def __init__(self):
+            self.closed = False
+
+        def swap_weights(self, model_dir):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    def started(model_dir):
+        engine = engine_module.Engine(GenerationEngineConfig(backend="hf"), str(model_dir))
+        engine.backend, engine._impl = "vllm", SwappingBackend()
+        return engine
+
+    warm = engine_module._WarmEngines()
+    monkeypatch.setattr(engine_module, "_cuda_visible", lambda: False)
+    assert not warm.keep(started(tiny_char_model_dir))  # outside a flow run nothing is kept
+    warm.depth = 1
+    first, second, other = started(tiny_char_model_dir), started(tiny_char_model_dir), started(tiny_smollm_model_dir)
+    first_backend = first._impl
+    assert warm.keep(first) and warm.keep(other) and warm.keep(second)
+    assert warm.idle == [other, second] and first_backend.closed  # one idle engine per architecture
+    assert warm.take(GenerationEngineConfig(backend="hf"), str(tiny_char_model_dir), 0) is second
+    assert warm.take(GenerationEngineConfig(backend="hf"), str(tiny_char_model_dir), 1) is None  # another seed
+    monkeypatch.setattr(engine_module, "_cuda_visible", lambda: True)
+    assert not warm.keep(started(tiny_char_model_dir))  # a GPU engine would hold memory a training stage needs
+    warm.close_all()
+    assert warm.idle == [] and not other.started

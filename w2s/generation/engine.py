@@ -60,6 +60,12 @@ def _architecture(model_dir: str) -> dict:
     return {"config": config, "files": others}
 
 
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def require_model_folder(model_dir: str) -> None:
     if not (Path(model_dir) / "config.json").exists():
         raise FileNotFoundError(f"no model folder (config.json) at {model_dir}")
@@ -133,6 +139,11 @@ class Engine:
     @property
     def started(self) -> bool:
         return self._impl is not None
+
+    @property
+    def holds_accelerator_memory(self) -> bool:
+        """vLLM on a GPU reserves `gpu_memory_utilization` of it for as long as the engine runs."""
+        return self.started and self.backend == "vllm" and _cuda_visible()
 
     @property
     def info(self) -> dict:
@@ -210,7 +221,8 @@ class _WarmEngines:
     opens an engine of the same configuration, seed and architecture gets a running one with its
     weights swapped in (~0.5 s; the prefix cache is emptied with it) instead of starting one (~8 s on
     CPU, and ~3 s to close): the embedded default starts 2 engines instead of 9. At most one idle
-    engine per architecture and `MAX_IDLE` in all, since each holds its KV cache."""
+    engine per architecture and `MAX_IDLE` in all, since each holds its KV cache; none on a GPU, where
+    an idle engine would hold the memory the next training stage needs."""
 
     MAX_IDLE = 2
 
@@ -237,6 +249,8 @@ class _WarmEngines:
     def keep(self, engine: Engine) -> bool:
         """True if the engine is kept for a later stage (the caller must not close it)."""
         if self.depth == 0 or not engine.started or not hasattr(engine._impl, "swap_weights"):
+            return False
+        if engine.holds_accelerator_memory:  # the next stage may train on that GPU
             return False
         with self.lock:
             evicted = [e for e in self.idle if same_architecture(e.model_dir, engine.model_dir)]
