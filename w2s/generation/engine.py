@@ -141,6 +141,11 @@ class Engine:
         return self._impl is not None
 
     @property
+    def swappable(self) -> bool:
+        """Running, on a backend that takes new weights in place (vLLM)."""
+        return self._impl is not None and hasattr(self._impl, "swap_weights")
+
+    @property
     def holds_accelerator_memory(self) -> bool:
         """vLLM on a GPU reserves `gpu_memory_utilization` of it for as long as the engine runs."""
         return self.started and self.backend == "vllm" and _cuda_visible()
@@ -193,8 +198,7 @@ class Engine:
         require_model_folder(model_dir)
         if model_dir == self.model_dir and not reload:
             return
-        swappable = self._impl is not None and hasattr(self._impl, "swap_weights")
-        if swappable and same_architecture(self.model_dir, model_dir):
+        if self.swappable and same_architecture(self.model_dir, model_dir):
             started = time.perf_counter()
             self._impl.swap_weights(model_dir)
             log.info("generation engine now answers with %s (swapped in %.2f s)", model_dir, time.perf_counter() - started)
@@ -248,7 +252,7 @@ class _WarmEngines:
 
     def keep(self, engine: Engine) -> bool:
         """True if the engine is kept for a later stage (the caller must not close it)."""
-        if self.depth == 0 or not engine.started or not hasattr(engine._impl, "swap_weights"):
+        if self.depth == 0 or not engine.swappable:
             return False
         if engine.holds_accelerator_memory:  # the next stage may train on that GPU
             return False
