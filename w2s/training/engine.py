@@ -10,6 +10,7 @@ op DeepSpeed JIT-builds on first use is cached under TORCH_EXTENSIONS_DIR (defau
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -109,9 +110,17 @@ def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: 
                        "weight_decay": cfg.weight_decay, "torch_adam": True, "foreach": True},
         },
     )
+    # bf16 is autocast over fp32 weights (TRL's and HF Trainer's bf16), not DeepSpeed's bf16 module:
+    # a bf16 module's fp32 masters start *on* the bf16 grid (DeepSpeed builds them from the module),
+    # so every update smaller than half a bf16 step of its weight rounds back to the same forward
+    # weight and DPO's reward margin stayed at noise for steps where fp32 and TRL learned
+    # (docs/results/bf16-dynamics.md). Autocast rounds the fp32 weights afresh at every forward: off
+    # the grid, a small update moves the rounded weight with probability ∝ its size, as fp32 does on
+    # average; norms, embeddings, the loss and the optimiser stay fp32.
     bf16 = precision(engine_cfg) == "bf16"
-    ds["bf16"] = {"enabled": bf16}
+    ds["bf16"] = {"enabled": False}
     ds["fp16"] = {"enabled": False}
+    ds["torch_autocast"] = {"enabled": bf16, "dtype": "bfloat16"}
     if trainer_clips(ds):
         # DeepSpeed clips plain fp32 ZeRO-0 gradients but drops the norm it computed; the trainer
         # clips instead (same torch call, same cost) so grad_norm can be logged
@@ -198,6 +207,22 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+@contextlib.contextmanager
+def _declared_dtype(model, engine):
+    """The weights are saved as the fp32 values the optimiser updated, while the config declares the
+    format the model was trained to run in: bf16 under autocast, so vLLM samples it in bf16 as it
+    was trained (w2s/precision.sampled_precision) and KL is scored in that format."""
+    if not engine.torch_autocast_enabled():
+        yield
+        return
+    before = model.config.dtype
+    model.config.dtype = torch.bfloat16
+    try:
+        yield
+    finally:
+        model.config.dtype = before
+
+
 def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir: Path) -> None:
     """The current weights as an HF folder (safetensors + tokenizer), renamed into place when whole.
 
@@ -206,8 +231,6 @@ def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir:
     """
     zero3 = engine.zero_optimization_stage() == 3
     state = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
-    if state is None and not cfg.lora.enabled:
-        state = master_state(engine)
     if rank() != 0:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -221,52 +244,16 @@ def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir:
         base, _ = load_pretrained(base_model_dir, dtype=next(module.parameters()).dtype)
         fresh = get_peft_model(base, module.peft_config["default"])
         fresh.load_state_dict({k: v.detach().cpu() for k, v in module.state_dict().items()})
-        fresh.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        merged = fresh.merge_and_unload()
+        with _declared_dtype(merged, engine):
+            merged.save_pretrained(tmp, safe_serialization=True)
     else:
         if state is None:
             state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        with _declared_dtype(module, engine):
+            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _replace_dir(tmp, folder)
-
-
-def master_state(engine) -> dict[str, torch.Tensor] | None:
-    """In bf16 training, the fp32 master weights the optimiser updated, in state-dict form; None in
-    fp32. The module's bf16 copies round every update below bf16's resolution (2^-8 relative) away:
-    at lr 1e-5 a weight near 1 (a norm) would not move at all in the saved model. Every rank calls
-    this (ZeRO-1/2 gather the master)."""
-    if not engine.bfloat16_enabled():
-        return None
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    masters = _flat_masters(engine.optimizer)  # ZeRO-0: FP16_Optimizer's flat fp32 groups
-    state = {}
-    for name, tensor in engine.module.state_dict(keep_vars=True).items():
-        if isinstance(tensor, torch.nn.Parameter) and tensor.requires_grad:
-            if id(tensor) not in masters:  # tied weights stay one tensor
-                master = safe_get_full_fp32_param(tensor)  # ZeRO-1/2: the hp mapping
-                if master is None:
-                    raise RuntimeError(f"bf16 training: no fp32 master weight found for {name}")
-                masters[id(tensor)] = master.detach().cpu()
-            state[name] = masters[id(tensor)]
-        else:
-            state[name] = tensor.detach().cpu()
-    return state
-
-
-def _flat_masters(optimizer) -> dict[int, torch.Tensor]:
-    """id(param) → its fp32 master, for the ZeRO-0 low-precision wrappers: FP16_Optimizer keeps the
-    masters as one flat tensor per group, FP16_UnfusedOptimizer (torch's AdamW) as one per param."""
-    groups = getattr(optimizer, "fp16_groups", None)
-    if not groups:
-        return {}
-    if getattr(optimizer, "fp32_groups_flat", None):
-        from torch._utils import _unflatten_dense_tensors
-
-        per_group = [_unflatten_dense_tensors(flat, group) for group, flat in zip(groups, optimizer.fp32_groups_flat)]
-    else:
-        per_group = getattr(optimizer, "fp32_groups", [])
-    return {id(p): m.detach().cpu().clone() for group, masters in zip(groups, per_group) for p, m in zip(group, masters)}
 
 
 # ---------------------------------------------------------------------------------- resume state

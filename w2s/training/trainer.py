@@ -142,8 +142,8 @@ def train(
     eng.setup_environment()
     from w2s.models.build import load_pretrained
 
-    dtype = torch.bfloat16 if eng.precision(engine) == "bf16" else torch.float32
-    model, tokenizer = load_pretrained(model_dir, dtype=dtype)
+    # fp32 weights in both precisions: bf16 runs the forward under autocast (engine.deepspeed_config)
+    model, tokenizer = load_pretrained(model_dir, dtype=torch.float32)
     data = load_data(data_files, "pair" if objective == "dpo" else "completion", tokenizer, cfg,
                      getattr(model.config, "max_position_embeddings", None))
     weights = [1.0] * len(data) if objective == "sft" else data.weights  # sft ignores a weight column
@@ -180,7 +180,9 @@ def train(
                 log.warning("%s is missing or damaged: resume state discarded, DPO starts over", out_dir / REF_FILE)
                 eng.discard_resume(resume_path, resume_pieces)
                 pointer = None
-            ref = reference_logps(ds_engine.module, data, cfg.micro_batch_size, ds_engine.device)
+            # through the engine, so the reference is computed in the format the policy trains in
+            # (autocast for bf16): the first step's margin is then exactly 0, as in fp32
+            ref = reference_logps(ds_engine, data, cfg.micro_batch_size, ds_engine.device)
             if eng.rank() == 0:
                 write_ref_logps(out_dir / REF_FILE, data, ref)
                 pieces.seal(out_dir / REF_FILE)
