@@ -24,13 +24,15 @@ import numpy as np
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.baseline_data import read_scores, select_pairs
+from w2s.budget import matched
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir, shard_paths
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training, training_slice
 
 
-@stage(version=1, reads=lambda config: training_slice(config.baselines.dpo_weak_reward, config), evaluated_as="dpo_weak_reward")
+@stage(version=2, reads=lambda config: training_slice(matched(config.baselines.dpo_weak_reward, config, epochs_fixed=True), config),
+       evaluated_as="dpo_weak_reward")
 def dpo_weak_reward(ctx: RunContext, cfg: TrainingSlice, scores: ArtifactRef, strong: ArtifactRef) -> Body:
     if getattr(cfg.train, "beta", None) is None:
         raise ValueError("dpo_weak_reward needs a DPO config (baselines.dpo_weak_reward carries beta)")

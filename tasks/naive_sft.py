@@ -12,12 +12,13 @@ import pyarrow.parquet as pq
 
 from w2s.artifacts import ArtifactRef, store_for
 from w2s.stage import Body, StageOutput, stage
+from w2s.budget import matched
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
 from w2s.train_stage import TrainingSlice, run_training, training_slice
 
 
-@stage(version=1, reads=lambda config: training_slice(config.baselines.naive_sft, config), evaluated_as="naive_sft")
+@stage(version=1, reads=lambda config: training_slice(matched(config.baselines.naive_sft, config), config), evaluated_as="naive_sft")
 def naive_sft(ctx: RunContext, cfg: TrainingSlice, demos: ArtifactRef, strong: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)

@@ -32,7 +32,8 @@ from w2s.rewards import load_gold_reward
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
-from w2s.train_stage import TrainingSlice, run_training
+from w2s.budget import matched
+from w2s.train_stage import TrainingSlice, run_training, training_slice
 
 REQUEST_PREFIX = "refinement:"
 
@@ -48,7 +49,10 @@ class RefinementSlice(BaseModel):
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> RefinementSlice:
         engine = pinned_backend(config.engines.generation)
-        return cls(refinement=config.baselines.refinement, engine=engine, training=config.engines.training,
+        refinement = config.baselines.refinement
+        refinement = refinement.model_copy(update={"train": matched(refinement.train, config)})
+        # the precision resolved, as every training stage's key has it
+        return cls(refinement=refinement, engine=engine, training=training_slice(refinement.train, config).engine,
                    gold_reward=config.models.gold_reward, seed=config.run.seed)
 
     def training_slice(self) -> TrainingSlice:
@@ -85,7 +89,7 @@ def refined_table(d_weak: pa.Table, requests: list[Request], records: dict, rewa
     })
 
 
-@stage(version=1, reads=RefinementSlice.from_pipeline, evaluated_as="refinement")
+@stage(version=2, reads=RefinementSlice.from_pipeline, evaluated_as="refinement")
 def refinement(ctx: RunContext, cfg: RefinementSlice, demos: ArtifactRef, strong: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:
         store = store_for(ctx.artifact_root)

@@ -43,7 +43,8 @@ from w2s.scoring import score_rows
 from w2s.stage import Body, StageOutput, stage
 from w2s.tables import model_dir
 from w2s.tracking import RunContext
-from w2s.train_stage import TrainingSlice, run_training
+from w2s.budget import matched
+from w2s.train_stage import TrainingSlice, run_training, training_slice
 
 
 class StrongEvaluatorSlice(TrainingSlice):
@@ -53,10 +54,11 @@ class StrongEvaluatorSlice(TrainingSlice):
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> StrongEvaluatorSlice:
-        return cls(train=config.baselines.strong_evaluator, engine=config.engines.training, seed=config.run.seed)
+        base = training_slice(matched(config.baselines.strong_evaluator, config), config)
+        return cls(train=base.train, engine=base.engine, seed=base.seed)
 
 
-@stage(version=1, reads=StrongEvaluatorSlice.from_pipeline, evaluated_as="strong_evaluator")
+@stage(version=2, reads=StrongEvaluatorSlice.from_pipeline, evaluated_as="strong_evaluator")
 def strong_evaluator(ctx: RunContext, cfg: StrongEvaluatorSlice, demos: ArtifactRef, strong: ArtifactRef,
                      weak_ref: ArtifactRef) -> Body:
     def body(writer, run) -> StageOutput:

@@ -162,7 +162,9 @@ def _scores_tables(rng):
     return [pa.Table.from_pylist(first), pa.Table.from_pylist(second)], rows
 
 
-def test_dpo_pairs_are_argmax_and_argmin_of_the_weak_log_ratio(setup):
+def test_dpo_pairs_are_every_within_prompt_pair_the_weak_log_ratio_orders(setup):
+    from itertools import combinations
+
     from tasks.dpo_weak_reward import dpo_weak_reward
     from w2s.train_stage import training_slice
 
@@ -170,23 +172,25 @@ def test_dpo_pairs_are_argmax_and_argmin_of_the_weak_log_ratio(setup):
     tables, rows = _scores_tables(np.random.default_rng(0))
     scores = shard_artifact(ctx, "scoring", tables)
     ref = dpo_weak_reward.run(ctx, training_slice(config.baselines.dpo_weak_reward, config), scores=scores, strong=setup["strong"])
-    pairs = {r["prompt_id"]: r for r in pq.read_table(ref.local_dir() / "train" / "pairs.parquet").to_pylist()}
+    got = pq.read_table(ref.local_dir() / "train" / "pairs.parquet").to_pylist()
 
     expected = {}
     for p in [f"p{i}" for i in range(10)]:
-        mine = sorted((r for r in rows if r["prompt_id"] == p and r["completion"]), key=lambda r: r["sample_idx"])
-        ratio = np.array([r["logp_weak"] for r in mine]) - np.array([r["logp_weak_ref"] for r in mine])
-        expected[p] = (mine[int(np.argmax(ratio))], mine[int(np.argmin(ratio))], ratio.max(), ratio.min())
-    assert set(pairs) == set(expected)  # tie, same and few are skipped
-    for p, (best, worst, hi, lo) in expected.items():
-        got = pairs[p]
-        assert (got["chosen"], got["rejected"]) == (best["completion"], worst["completion"])
-        assert (got["chosen_sample_idx"], got["rejected_sample_idx"]) == (best["sample_idx"], worst["sample_idx"])
-        assert got["chosen_log_ratio"] == pytest.approx(hi) and got["rejected_log_ratio"] == pytest.approx(lo)
-        assert got["prompt"] == best["prompt"]
+        mine = [r for r in rows if r["prompt_id"] == p and r["completion"]]
+        for a, b in combinations(mine, 2):
+            ra, rb = a["logp_weak"] - a["logp_weak_ref"], b["logp_weak"] - b["logp_weak_ref"]
+            best, worst = (a, b) if ra > rb else (b, a)
+            expected[(p, best["sample_idx"], worst["sample_idx"])] = (best, worst, max(ra, rb), min(ra, rb))
+    assert len(expected) == 9 * 3 + 1  # K = 3 gives 3 pairs a prompt; p3 has one empty sample
+    assert {(r["prompt_id"], r["chosen_sample_idx"], r["rejected_sample_idx"]) for r in got} == set(expected)
+    for r in got:  # tie, same and few are skipped
+        best, worst, hi, lo = expected[(r["prompt_id"], r["chosen_sample_idx"], r["rejected_sample_idx"])]
+        assert (r["chosen"], r["rejected"], r["prompt"]) == (best["completion"], worst["completion"], best["prompt"])
+        assert r["chosen_log_ratio"] == pytest.approx(hi) and r["rejected_log_ratio"] == pytest.approx(lo)
     manifest = _check_model(ref, setup["strong_dir"])
     metrics = manifest["metrics"]
-    assert (metrics["pairs"], metrics["skipped_tie"], metrics["skipped_equal_text"], metrics["skipped_too_few"]) == (10, 1, 1, 1)
+    # pairs skipped: the tie prompt's 3 pairs (equal ratios), the same-text prompt's 3; one prompt has too few
+    assert (metrics["pairs"], metrics["skipped_tie"], metrics["skipped_equal_text"], metrics["skipped_too_few"]) == (28, 3, 3, 1)
     assert manifest["info"]["objective"] == "dpo" and manifest["config"]["train"]["beta"] == 0.05
     assert manifest["config"]["train"]["epochs"] == 1.0
     assert (ref.local_dir() / "ref_logps.parquet").exists()

@@ -93,13 +93,15 @@ def read_scores(paths: Sequence[tuple[str, Path]], where: str) -> pa.Table:
 
 
 def select_pairs(scores: pa.Table) -> tuple[pa.Table, dict[str, int]]:
-    """One DPO pair per prompt: chosen = the sample with the highest weak log-ratio
-    log π_weak − log π_weak_ref, rejected = the lowest (ties: the lowest sample_idx).
+    """Every within-prompt pair of samples the weak teacher orders: chosen = the one with the higher
+    weak log-ratio log π_weak − log π_weak_ref. K samples give up to K(K−1)/2 pairs per prompt: the
+    same comparisons EVE's F-weights express over the same samples (w2s/budget.py says why all of
+    them: the paper fixes DPO at one epoch, and one best-vs-worst pair per prompt left it 3 steps).
 
     Empty completions are not candidates (DPO data needs text on both sides; a sample that stopped
-    at once carries no content to prefer). Skipped prompts, counted: fewer than 2 candidates
-    (`skipped_too_few`), max ratio == min ratio (`skipped_tie`: the weak teacher expresses no
-    preference), or chosen and rejected the same text (`skipped_equal_text`).
+    at once carries no content to prefer). Skipped and counted: prompts with fewer than 2 candidates
+    (`skipped_too_few`), pairs with equal ratios (`skipped_tie`: the weak teacher expresses no
+    preference) or equal texts (`skipped_equal_text`). Pairs are ordered by prompt, then sample_idx.
     """
     rows = scores.to_pydict()
     by_prompt: dict[str, list[int]] = {}
@@ -118,21 +120,23 @@ def select_pairs(scores: pa.Table) -> tuple[pa.Table, dict[str, int]]:
         if len(candidates) < 2:
             counts["skipped_too_few"] += 1
             continue
-        ratio = [rows["logp_weak"][i] - rows["logp_weak_ref"][i] for i in candidates]
-        best, worst = candidates[int(np.argmax(ratio))], candidates[int(np.argmin(ratio))]
-        if max(ratio) == min(ratio):
-            counts["skipped_tie"] += 1
-            continue
-        if rows["completion"][best] == rows["completion"][worst]:
-            counts["skipped_equal_text"] += 1
-            continue
-        out["prompt_id"].append(pid)
-        out["prompt"].append(rows["prompt"][best])
-        for side, i in (("chosen", best), ("rejected", worst)):
-            out[side].append(rows["completion"][i])
-            out[f"{side}_sample_idx"].append(rows["sample_idx"][i])
-            out[f"{side}_log_ratio"].append(rows["logp_weak"][i] - rows["logp_weak_ref"][i])
-            out[f"{side}_finish_reason"].append(rows["finish_reason"][i])
+        ratio = {i: rows["logp_weak"][i] - rows["logp_weak_ref"][i] for i in candidates}
+        for a, first in enumerate(candidates):
+            for second in candidates[a + 1 :]:
+                if ratio[first] == ratio[second]:
+                    counts["skipped_tie"] += 1
+                    continue
+                if rows["completion"][first] == rows["completion"][second]:
+                    counts["skipped_equal_text"] += 1
+                    continue
+                best, worst = (first, second) if ratio[first] > ratio[second] else (second, first)
+                out["prompt_id"].append(pid)
+                out["prompt"].append(rows["prompt"][best])
+                for side, i in (("chosen", best), ("rejected", worst)):
+                    out[side].append(rows["completion"][i])
+                    out[f"{side}_sample_idx"].append(rows["sample_idx"][i])
+                    out[f"{side}_log_ratio"].append(ratio[i])
+                    out[f"{side}_finish_reason"].append(rows["finish_reason"][i])
     counts["pairs"] = len(out["prompt_id"])
     return pa.table(out), counts
 

@@ -31,7 +31,8 @@ class TrainingSlice(BaseModel):
     seed: int
     # The trainer's own version, in every training stage's key: bump when w2s/training changes what
     # a model learns. 2: the completion starts at the longest common prefix (w2s/text.py), as in scoring.
-    trainer: int = 2
+    # 3: bf16 is autocast over fp32 weights (w2s/training/engine.py), DPO's reference in that format.
+    trainer: int = 3
 
 
 def training_slice(section: TrainConfig, config) -> TrainingSlice:

@@ -287,6 +287,10 @@ class BaselinesConfig(Section):
     naive_sft_data: Literal["d_weak", "matched"] = Field(
         "d_weak", description="Naive SFT's data: D_weak, or π_weak's K answers to EVE's own student prompts (equal size, fig. 6)."
     )
+    budget: Literal["eve", "own"] = Field(
+        "eve", description="eve: naive SFT, refinement, DPO with the weak reward and strong-as-evaluator train with EVE's "
+        "student's lr, schedule, batch size and number of steps (DPO with the weak reward: its own epochs, the paper's 1), "
+        "whatever their sections say (w2s/budget.py); own: each section as written.")
     refinement: RefinementConfig = RefinementConfig()
     dpo_weak_reward: WeakRewardDPOConfig = WeakRewardDPOConfig()
     strong_evaluator: StrongEvaluatorConfig = StrongEvaluatorConfig()
