@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from w2s.evaluation import k3_kl, k3_terms, mean_ci95, performance, pgr, win_rate
-from w2s.report import Label, bar_policies, build_report, headline, plot_report, render_html, render_markdown
+from w2s.report import Label, bar_policies, build_report, headline, matched_kl_rows, plot_report, render_html, render_markdown
 
 
 def test_pgr_by_hand():
@@ -214,3 +214,26 @@ def test_a_matched_k_sweep_trains_naive_sft_at_each_k_and_reports_both():
     assert {k for k, _ in trained} == {base_k, 2, 8} and all(k == demos_k for k, demos_k in trained)
     on_d_weak = set(next(inputs for name, _, inputs in traced("baselines.naive_sft_data=d_weak") if name == "report")["evaluations"])
     assert "naive_sft/seed:0/k:8" not in on_d_weak and "eve/seed:0/k:8" in on_d_weak
+
+
+def test_eve_and_dpo_are_compared_at_eves_kl_on_dpos_checkpoint_curve(tmp_path):
+    """§11.2 compares EVE with DPO at equal KL: DPO's gold reward at EVE's final KL, interpolated
+    linearly between DPO's checkpoints; outside DPO's KL range there is no comparison."""
+    ids = ["a", "b"]
+    evaluations = {}
+    for seed, eve_kl in ((0, 2.0), (1, 5.0)):
+        evaluations |= {f"weak/seed:{seed}": _samples(dict(zip(ids, [0.0, 0.0]))),
+                        f"strong_ceiling/seed:{seed}": _samples(dict(zip(ids, [2.0, 2.0]))),
+                        f"reference/seed:{seed}": _samples(dict(zip(ids, [1.0, 1.0])))}
+        evaluations[f"eve/seed:{seed}"] = _samples(dict(zip(ids, [2.0, 1.0])), k3=eve_kl)  # P 1.5
+        evaluations[f"dpo_weak_reward/seed:{seed}"] = pa.concat_tables([
+            _samples(dict(zip(ids, [0.5, 0.5])), k3=3.0),  # final: KL 3, P 0.5
+            _samples({}, {0.5: dict(zip(ids, [1.0, 1.0]))}, k3=1.0)])  # half-way: KL 1, P 1.0
+    report = build_report(evaluations)
+    rows = {r["seed"]: r for r in matched_kl_rows(report)}
+    # seed 0: at KL 2, half-way between (1, 1.0) and (3, 0.5): P 0.75, EVE ahead by 0.75
+    assert (rows["0"]["P(dpo_weak_reward) at that KL"], rows["0"]["difference"]) == ("0.750", "+0.750")
+    assert rows["1"]["difference"] == "–" and rows["1"]["KL range of dpo_weak_reward"] == "1.00–3.00"
+    images = plot_report(report, tmp_path)
+    assert "gold_vs_kl_eve_dpo.png" in {p.name for p in images}
+    assert "at equal KL" in render_markdown(report, images, "t")

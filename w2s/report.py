@@ -70,6 +70,7 @@ class PolicyResult:
     kl: list[float] = field(default_factory=list)
     curve: dict[float, list[float]] = field(default_factory=lambda: defaultdict(list))  # fraction → PGR per seed
     kl_win: list[tuple[float, float, float]] = field(default_factory=list)  # (fraction, KL, win-rate) per checkpoint
+    kl_gold: list[tuple[int, float, float, float]] = field(default_factory=list)  # (seed, fraction, KL, P) per checkpoint
 
 
 @dataclass
@@ -168,6 +169,8 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
             result.curve[fraction].append(pgr(_mean(rewards), p_weak, p_strong))
             if "k3" in rows.column_names and rows["k3"].null_count == 0 and reference:  # null: no KL there (kl_checkpoints: final)
                 result.kl_win.append((fraction, float(np.mean(rows["k3"].to_numpy())), _paired_win(rewards, reference)))
+            if "k3" in rows.column_names and rows["k3"].null_count == 0:
+                result.kl_gold.append((label.seed, fraction, float(np.mean(rows["k3"].to_numpy())), _mean(rewards)))
     return Report(policies, {name: {policy: dict(points) for policy, points in by_policy.items()} for name, by_policy in sweeps.items()},
                   warnings)
 
@@ -248,10 +251,42 @@ def plot_report(report: Report, folder: Path) -> list[Path]:
         ax.set_title("Win-rate vs KL over checkpoints (fig. 9)")
         ax.legend(fontsize=8)
         save(fig, "winrate_vs_kl.png")
+    pair = [n for n in MATCHED_KL if n in report.policies and report.policies[n].kl_gold]
+    if len(pair) == 2:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name in pair:
+            for seed in sorted({s for s, *_ in report.policies[name].kl_gold}):
+                rows = sorted((kl, p) for s, _, kl, p in report.policies[name].kl_gold if s == seed)
+                ax.plot([kl for kl, _ in rows], [p for _, p in rows], marker="o", label=f"{name} (seed {seed})")
+        ax.set_xlabel("KL(π‖π_ref_strong), k3 estimate")
+        ax.set_ylabel("gold reward P(π)")
+        ax.set_title("EVE vs DPO with the weak reward at equal KL (§11.2)")
+        ax.legend(fontsize=7)
+        save(fig, "gold_vs_kl_eve_dpo.png")
     return written
 
 
 # ----------------------------------------------------------------------------------------- render
+MATCHED_KL = ("eve", "dpo_weak_reward")  # §11.2 compares these two at equal KL, not EVE with naive SFT
+
+
+def matched_kl_rows(report: Report, method: str = "eve", baseline: str = "dpo_weak_reward") -> list[dict[str, str]]:
+    """Per seed: the method's final (KL, P), and the baseline's P at that KL, linearly interpolated
+    between its checkpoints (none where the method's KL lies outside the baseline's checkpoints)."""
+    if method not in report.policies or baseline not in report.policies:
+        return []
+    rows = []
+    for seed in sorted({s for s, *_ in report.policies[method].kl_gold}):
+        ours = max((f, kl, p) for s, f, kl, p in report.policies[method].kl_gold if s == seed)  # the final checkpoint
+        curve = sorted((kl, p) for s, _, kl, p in report.policies[baseline].kl_gold if s == seed)
+        at = float(np.interp(ours[1], *zip(*curve))) if curve and curve[0][0] <= ours[1] <= curve[-1][0] else math.nan
+        rows.append({"seed": str(seed), f"KL({method})": f"{ours[1]:.2f}", f"P({method})": f"{ours[2]:.3f}",
+                     f"P({baseline}) at that KL": "–" if math.isnan(at) else f"{at:.3f}",
+                     "difference": "–" if math.isnan(at) else f"{ours[2] - at:+.3f}",
+                     f"KL range of {baseline}": f"{curve[0][0]:.2f}–{curve[-1][0]:.2f}" if curve else "–"})
+    return rows
+
+
 def headline(report: Report, method: str = "eve", baseline: str = "naive_sft") -> str:
     """The paper's main comparison (fig. 3, 4) in one sentence: EVE against naive SFT."""
     if method not in report.policies:
@@ -277,6 +312,11 @@ def render_markdown(report: Report, images: list[Path], title: str, sections: tu
     if paired:
         lines += ["", "**EVE against each baseline, paired by seed** (mean ± 95 % CI of the per-seed difference)", "",
                   *_markdown_table(paired)]
+    matched = matched_kl_rows(report)
+    if matched:
+        lines += ["", "**EVE against DPO with the weak reward at equal KL** (§11.2, fig. 9): DPO's gold reward "
+                  "interpolated between its checkpoints at EVE's final KL (`evaluation.kl_checkpoints: all` gives DPO a curve)",
+                  "", *_markdown_table(matched)]
     for name, by_policy in report.sweeps.items():
         policies = sorted(by_policy)
         lines += ["", f"| {'β/λ' if name == 'beta_over_lambda' else 'K'} | " + " | ".join(f"PGR({p})" for p in policies) + " |",

@@ -240,7 +240,7 @@ class EvaluationConfig(GenerationParams):
     n_prompts: PositiveInt | None = Field(None, description="Default: all of data.n_test.")
     checkpoints: bool = Field(True, description="Also evaluate intermediate checkpoints (PGR over training, fig. 3).")
     kl_checkpoints: Literal["all", "final"] = Field(
-        "all", description="Where the k3 KL is estimated: at every evaluated checkpoint (the reward-KL curve of fig. 7) "
+        "all", description="Where the k3 KL is estimated: at every evaluated checkpoint (the reward-KL curve of fig. 9) "
         "or at the final model only (one π_ref pass instead of one per checkpoint; PGR over training is unaffected).")
     score_batch_tokens: PositiveInt = Field(4096, description="Token budget of one log-prob batch (KL).")
     score_precision: Literal["as_sampled", "auto", "fp32", "bf16"] = Field(
