@@ -23,6 +23,7 @@ machine slows both alike; each figure is the median over repeats.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -187,10 +188,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs=2, default=[16, 8], metavar=("BATCH", "MICRO"),
                         help="training batch and micro-batch (default: the embedded default's student, 16 and 8)")
     parser.add_argument("--skip-scoring", action="store_true")
+    parser.add_argument("--force", action="store_true", help="measure the bf16 legs even where bf16 is slower than fp32")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"CPU bf16 instructions (AMX / AVX512-BF16): {cpu_has_bf16()}; torch threads {torch.get_num_threads()}")
 
+    print(f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs: measure only on an idle machine")
+    probe = {name: gemm_tflops(dtype, n=512, tries=3) for name, dtype in DTYPES.items()}
+    if probe["bf16"] < probe["fp32"] and not args.force:
+        # a CPU without AMX/AVX512-BF16 converts every bf16 element (≈ 1 GFLOP/s against fp32's ≈ 90 on a
+        # 2-core EPYC with AVX2 only): a 2048³ bf16 GEMM alone takes a minute, the training and scoring legs
+        # hours, and `precision: auto` trains in fp32 there anyway
+        print(f"GEMM 512³: bf16 {probe['bf16'] * 1e3:.1f} GFLOP/s, fp32 {probe['fp32'] * 1e3:.1f} GFLOP/s: bf16 is not native "
+              "on this machine, so `precision: auto` runs fp32 here; nothing more to compare (--force measures it anyway)")
+        return
     peak = {name: gemm_tflops(dtype) for name, dtype in DTYPES.items()}
     print(f"GEMM 2048³: bf16 {peak['bf16']:.3f} TFLOP/s, fp32 {peak['fp32']:.3f} TFLOP/s, ratio {peak['bf16'] / peak['fp32']:.1f}×")
 
