@@ -7,8 +7,11 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -96,7 +99,9 @@ def test_dockerfile_parses_copies_existing_paths_and_starts_the_cli(flavour):
     for needed in ("pyproject.toml", "w2s", "tasks", "flows", "pipeline_config.yaml", "configs", "deployments"):
         assert needed in copied, f"{path.name} does not copy {needed}"
     entrypoint = json.loads(dict(steps)["ENTRYPOINT"])
-    assert entrypoint == ["w2s"] and "w2s" in PYPROJECT["project"]["scripts"]
+    # the entrypoint is docker/entrypoint.sh, installed on PATH (tests below run it as the workers call it)
+    assert entrypoint == ["w2s-entrypoint"] and ("COPY", "docker/entrypoint.sh /usr/local/bin/w2s-entrypoint") in steps
+    assert "w2s" in PYPROJECT["project"]["scripts"]
     command = json.loads(dict(steps)["CMD"])
     args = build_parser().parse_args(command)
     assert args.command == "run" and (REPO / args.config).exists() and args.config in copied
@@ -133,6 +138,10 @@ def test_gpu_image_pins_match_the_project():
     vllm_at = next(i for i, (w, r) in enumerate(steps) if "vllm==" in r)
     ds_at = next(i for i, (w, r) in enumerate(steps) if "deepspeed==" in r)
     assert vllm_at < ds_at  # torch (through vllm) is there before DeepSpeed compiles against it
+    install = next(rest for word, rest in steps if word == "RUN" and "pip install" in rest and " -e " in rest)
+    extras = set(re.search(r'-e "\.\[([a-z0-9,]+)\]"', install).group(1).split(","))
+    assert {"gpu", "s3"} <= extras  # an s3:// artifact root (the README's cluster setting) needs s3fs and boto3
+    assert {Requirement(d).name for d in PYPROJECT["project"]["optional-dependencies"]["s3"]} == {"s3fs", "boto3"}
 
 
 # ----------------------------------------------------------------------------------------- deployments
@@ -164,6 +173,11 @@ def test_deployments_point_at_existing_flows_and_pinned_prefect():
         assert function in _flow_names(REPO / file), deployment["entrypoint"]
         assert deployment.get("enforce_parameter_schema") is False  # β/λ = ∞ travels as "Infinity"
     assert _deployment("eve-local")["work_pool"]["name"] == "local" and "pull" not in _deployment("eve-local")
+
+
+def test_a_locally_built_image_is_not_pulled():
+    docker = _deployment("eve-docker")["work_pool"]["job_variables"]
+    assert docker["image"].endswith(":latest") and docker["image_pull_policy"] == "IfNotPresent"
 
 
 def test_offload_default_names_the_stage_deployment():
@@ -210,3 +224,21 @@ def test_the_failure_automation_is_a_valid_prefect_automation_for_gpu_runs():
     assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     gpu = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
     assert all("gpu" in d["tags"] for d in gpu if d["work_pool"]["name"] == "gpu")  # what the trigger matches
+
+
+def _entrypoint(*argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run(["sh", str(REPO / "docker" / "entrypoint.sh"), *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+def test_the_entrypoint_runs_a_program_as_given_and_anything_else_as_a_w2s_subcommand():
+    """Prefect's Kubernetes and Docker workers give a container `prefect flow-run execute` as its
+    arguments: with the old ENTRYPOINT ["w2s"] that became `w2s prefect ...` (exit 2). The flow run
+    itself, started this way against a real server: tests/integration/test_prefect_server.py."""
+    import prefect
+
+    done = _entrypoint("prefect", "--version")
+    assert done.returncode == 0 and prefect.__version__ in done.stdout, done.stderr
+    done = _entrypoint("run", "--help")
+    assert done.returncode == 0 and "--config" in done.stdout and "--until" in done.stdout, done.stderr

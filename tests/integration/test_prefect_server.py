@@ -436,3 +436,42 @@ def test_screenshots_of_the_artifacts_tab_the_mlflow_run_and_the_report(stack, w
     assert widths and all(w > 100 for w in widths), widths  # every figure decodes
     assert "**" not in page.inner_text("body")
     _screenshot(page, "report-html.png")
+
+
+def test_a_flow_run_starts_through_the_image_entrypoint_as_prefects_workers_start_a_container(stack):
+    """Kubernetes and Docker workers render the pool's job template and hand the container the job's
+    `command` as its arguments (Prefect's BaseJobConfiguration.prepare_for_flow_run; the GPU pool's
+    template, deployments/k8s-gpu-job-template.json, puts it in `args`). No container engine or
+    cluster runs here, so docker/entrypoint.sh runs directly with that argv and env, in the repository
+    (the image's /app): the flow run must reach Completed. The old ENTRYPOINT ["w2s"] turned the same
+    argv into `w2s prefect flow-run execute`, which exits 2 and never starts the run."""
+    import asyncio
+    import json
+    import shlex
+
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.workers.base import BaseJobConfiguration
+
+    template = json.loads((REPO / "deployments" / "k8s-gpu-job-template.json").read_text())
+    job_env = {"W2S_ARTIFACT_ROOT": str(stack.tmp / "artifacts-entrypoint"), "W2S_TRACKING_URI": stack.mlflow}
+    job = asyncio.run(BaseJobConfiguration.from_template_and_values(template, {"env": job_env}))
+    created = stack.post(f"/deployments/{stack.deployment['id']}/create_flow_run",
+                         {"parameters": {"config": tiny_config(stack), "until": "data"}})
+    job.prepare_for_flow_run(FlowRun.model_validate(created))
+    argv = shlex.split(job.command)
+    assert argv == ["prefect", "flow-run", "execute"]
+    # the job's own variables and the flow run's id; the server's address as the pool's env would give it
+    env = {**stack.env, **{k: v for k, v in job.env.items() if v is not None and not k.startswith("PREFECT_")},
+           "PREFECT__FLOW_RUN_ID": job.env["PREFECT__FLOW_RUN_ID"], "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    assert env["PREFECT__FLOW_RUN_ID"] == created["id"]
+
+    old = run_in_group([str(BIN / "w2s"), *argv], stack.logs / "old-entrypoint.log", env, REPO, timeout=120)
+    assert old == 2 and "invalid choice: 'prefect'" in (stack.logs / "old-entrypoint.log").read_text()
+    assert stack.get(f"/flow_runs/{created['id']}")["state"]["type"] == "SCHEDULED"  # never started
+
+    log = stack.logs / "entrypoint.log"
+    code = run_in_group(["sh", str(REPO / "docker" / "entrypoint.sh"), *argv], log, env, REPO, timeout=600)
+    assert code == 0, log.read_text()[-4000:]
+    finished = stack.get(f"/flow_runs/{created['id']}")
+    assert finished["state"]["type"] == "COMPLETED", finished["state"]
+    assert any((stack.tmp / "artifacts-entrypoint" / "data").glob("*/manifest.json"))  # the job's W2S_ARTIFACT_ROOT
