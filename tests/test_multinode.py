@@ -118,3 +118,35 @@ def test_a_multinode_stage_refuses_paths_the_node_pods_cannot_see(tmp_path, monk
         TrainingEngineConfig(world_size=3, nodes=2, staging_claim="w2s-staging")
     with pytest.raises(ValueError, match="needs engines.training.staging_claim"):
         TrainingEngineConfig(world_size=2, nodes=2)
+
+
+def test_an_unschedulable_node_pod_fails_the_stage_within_its_pending_limit(tmp_path, monkeypatch):
+    """A GPU request no node fits (or a taint the pods do not tolerate) leaves the pods Pending; the
+    wait used to poll for ever. The stage fails after node_pending_s with one line naming the pod and
+    the scheduler's reason, and the Job is deleted."""
+    import time
+
+    from w2s.training.multinode import run_job
+
+    kube = tmp_path / "kube"
+    kube.mkdir()
+    spec = {"model_dir": str(tmp_path / "m"), "out_dir": str(tmp_path / "o"), "data_files": [str(tmp_path / "d.parquet")],
+            "ref_logps": None, "resume_dir": None}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    for key, value in {"W2S_KUBECTL": f"{sys.executable} {Path(__file__).parent / 'fake_kubectl.py'}", "FAKE_KUBE_DIR": str(kube),
+                       "FAKE_KUBE_UNSCHEDULABLE": "1", "W2S_STAGING_DIR": str(tmp_path), "W2S_GPU_IMAGE": "registry/w2s-gpu:0.1"}.items():
+        monkeypatch.setenv(key, value)
+    engine = TrainingEngineConfig(world_size=2, nodes=2, staging_claim="w2s-staging", node_pending_s=2,
+                                  node_selector={"gpu.type": "h100"})
+    started = time.monotonic()
+    with pytest.raises(RuntimeError) as failure:
+        run_job(tmp_path / "spec.json", engine, poll_s=0.2)
+    message = str(failure.value)
+    assert "\n" not in message and "is Unschedulable" in message and "Insufficient nvidia.com/gpu" in message
+    assert "node_pending_s=2" in message and time.monotonic() - started < 30
+    calls = [json.loads(line) for line in (kube / "calls.jsonl").read_text().splitlines()]
+    assert calls[-1][0] == "delete"
+    job = json.loads((kube / "applied.json").read_text())["items"][1]
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["activeDeadlineSeconds"] == engine.node_deadline_s
+    assert pod["nodeSelector"] == {"gpu.type": "h100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"

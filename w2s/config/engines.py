@@ -43,6 +43,12 @@ class TrainingEngineConfig(Section):
     nodes: PositiveInt = Field(1, description="Nodes the training ranks spread over; > 1 runs each training stage as an Indexed Job.")
     node_image: str | None = Field(None, description="Image of the node pods (nodes > 1); default $W2S_GPU_IMAGE.")
     staging_claim: str | None = Field(None, description="PersistentVolumeClaim holding W2S_STAGING_DIR (nodes > 1).")
+    node_selector: dict[str, str] = Field({}, description="nodeSelector of the node pods (nodes > 1), e.g. a GPU type label; "
+                                          "they always tolerate the nvidia.com/gpu taint.")
+    node_deadline_s: PositiveInt = Field(86_400, description="A multi-node training Job is stopped and the stage fails after this "
+                                         "long (the Job's activeDeadlineSeconds, and the wait's own limit).")
+    node_pending_s: PositiveInt = Field(900, description="A node pod that cannot be scheduled, or whose image cannot be pulled, "
+                                        "fails the stage after this long, naming the pod and the reason.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 on a GPU or a CPU with AMX/AVX512-BF16, else fp32 (master weights, optimiser "
         "state and the loss stay fp32); resolved before the stage key (w2s/precision.py).")

@@ -52,9 +52,11 @@ def job_name(stage: str, key: str) -> str:
     return name[:52].rstrip("-")
 
 
-def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_node: int,
-                 staging_claim: str, staging_dir: str = "/staging") -> list[dict]:
-    """A headless Service and an Indexed Job of `nodes` pods that run one training stage."""
+def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_node: int, staging_claim: str,
+                 staging_dir: str = "/staging", placement: dict | None = None) -> list[dict]:
+    """A headless Service and an Indexed Job of `nodes` pods that run one training stage.
+    `placement`: the Job's `deadline_s` (activeDeadlineSeconds) and the pods' `node_selector`."""
+    placement = {"deadline_s": 86_400, "node_selector": {}, **(placement or {})}
     labels = {"app.kubernetes.io/name": "w2s-training", "w2s/job": name}
     master = f"{name}-0.{name}"  # pod <job>-<index> in the Service's subdomain
     command = node_command(spec_path, nodes, gpus_per_node, "$(JOB_COMPLETION_INDEX)", master, python="python")
@@ -76,10 +78,14 @@ def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_nod
         "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
         "spec": {
             "completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0,
+            "activeDeadlineSeconds": placement["deadline_s"],
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "subdomain": name, "restartPolicy": "Never", "containers": [container],
+                    # GPU nodes are commonly tainted; without the toleration the pods would wait forever
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    **({"nodeSelector": dict(placement["node_selector"])} if placement["node_selector"] else {}),
                     "volumes": [{"name": "staging", "persistentVolumeClaim": {"claimName": staging_claim}},
                                 {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
                 },
@@ -118,21 +124,54 @@ def run_job(spec_path: Path, engine, poll_s: float = 5.0) -> None:
     if not image:
         raise RuntimeError("engines.training.nodes > 1 needs an image for the node pods: engines.training.node_image or $W2S_GPU_IMAGE")
     name = job_name("train", hashlib.sha256(str(Path(spec_path).resolve()).encode()).hexdigest())
-    items = job_manifest(name, image, str(spec_path), engine.nodes, engine.world_size // engine.nodes, engine.staging_claim, staging)
+    placement = {"deadline_s": engine.node_deadline_s, "node_selector": engine.node_selector}
+    items = job_manifest(name, image, str(spec_path), engine.nodes, engine.world_size // engine.nodes, engine.staging_claim, staging,
+                         placement)
     manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
     _kubectl(["apply", "-f", "-"], manifest)
     try:
-        _wait(name, engine.nodes, poll_s)
+        _wait(name, engine, poll_s)
     finally:
         _kubectl(["delete", "-f", "-", "--ignore-not-found=true", "--wait=false"], manifest)
 
 
-def _wait(name: str, nodes: int, poll_s: float) -> None:
+# a pod in one of these states will not start by waiting (kubelet's reasons)
+STUCK = {"Unschedulable", "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+
+
+def _wait(name: str, engine, poll_s: float) -> None:
+    """Until every node pod succeeded; a failed pod, a Job past its deadline, a pod stuck (STUCK)
+    for engine.node_pending_s, or the deadline passing here each raise one line."""
+    started, stuck_since = time.monotonic(), {}
     while True:
         status = json.loads(_kubectl(["get", "job", name, "-o", "json"])).get("status", {})
         if status.get("failed", 0) > 0:
             logs = _kubectl(["logs", "-l", f"w2s/job={name}", "--tail=40", "--prefix=true"])
-            raise RuntimeError(f"training job {name}: {status['failed']} of {nodes} node pods failed; their last lines:\n{logs}")
-        if status.get("succeeded", 0) >= nodes:
+            raise RuntimeError(f"training job {name}: {status['failed']} of {engine.nodes} node pods failed; their last lines:\n{logs}")
+        if status.get("succeeded", 0) >= engine.nodes:
             return
+        if any(c.get("reason") == "DeadlineExceeded" for c in status.get("conditions", [])) \
+                or time.monotonic() - started > engine.node_deadline_s + 60:
+            raise RuntimeError(f"training job {name}: not finished within engines.training.node_deadline_s={engine.node_deadline_s}")
+        pods = json.loads(_kubectl(["get", "pods", "-l", f"w2s/job={name}", "-o", "json"])).get("items", [])
+        for pod, reason in _stuck(pods).items():
+            since = stuck_since.setdefault((pod, reason[0]), time.monotonic())
+            if time.monotonic() - since > engine.node_pending_s:
+                raise RuntimeError(f"training job {name}: pod {pod} is {reason[0]} ({reason[1]}) for over "
+                                   f"engines.training.node_pending_s={engine.node_pending_s} s")
         time.sleep(poll_s)
+
+
+def _stuck(pods: list[dict]) -> dict[str, tuple[str, str]]:
+    """pod name → (reason, message) for each pod that cannot be scheduled or cannot start its container."""
+    found = {}
+    for pod in pods:
+        status, name = pod.get("status", {}), pod.get("metadata", {}).get("name", "?")
+        for condition in status.get("conditions", []):
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False" and condition.get("reason") in STUCK:
+                found[name] = (condition["reason"], condition.get("message", ""))
+        for container in status.get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting", {})
+            if waiting.get("reason") in STUCK:
+                found[name] = (waiting["reason"], waiting.get("message", ""))
+    return found
