@@ -57,3 +57,27 @@ def test_a_closed_pipe_ends_quietly(unbuffered):
     out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr[-2000:]
     assert out.returncode == 0
+
+
+def test_the_run_summary_ends_with_the_reports_headline_and_pgr_table(tmp_path):
+    """The console's last lines are the science (the report's headline and PGR table), after the stage
+    table and the MLflow pointer; an MLflow server is a URL to open, not a `mlflow ui` to start."""
+    import shutil
+    from types import SimpleNamespace
+
+    from w2s.cli import summary_table
+
+    report = tmp_path / "report" / "k"
+    report.mkdir(parents=True)
+    source = REPO / "docs" / "results" / "redesigned-default-seeds" / "report.md"
+    shutil.copy(source, report / "report.md")
+    rows = [SimpleNamespace(stage="report", cache="miss", wall_s=0.3, uri=str(report))]
+    state = SimpleNamespace(rows=rows, ctx=SimpleNamespace(parent_run_id="abc"))
+    cfg = SimpleNamespace(tracking_uri="http://127.0.0.1:5000", run=SimpleNamespace(experiment="w2s-eve"))
+    lines = summary_table(state, cfg, 1.0).splitlines()
+    markdown = source.read_text().splitlines()
+    header = markdown.index(next(line for line in markdown if line.startswith("| policy")))
+    end = next(i for i in range(header, len(markdown)) if not markdown[i].startswith("|"))
+    headline = next(line for line in markdown if line.startswith("**EVE")).replace("**", "")
+    assert lines[-(end - header) - 2:] == ["", headline, *markdown[header:end]]  # last: the headline and the PGR table
+    assert "MLflow: http://127.0.0.1:5000" in lines and not any("mlflow ui" in line for line in lines)

@@ -302,9 +302,30 @@ def summary_table(state, cfg, total_s: float) -> str:
     lines.append(f"total {total_s:.1f}s")
     if report:
         lines.append(f"report: {report}/report.html")
-    lines.append(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    if cfg.tracking_uri.startswith(("http://", "https://")):  # a server: open it, there is nothing to start
+        lines.append(f"MLflow: {cfg.tracking_uri}")
+    else:
+        lines.append(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}")
     lines.append(f"        experiment '{cfg.run.experiment}', run {state.ctx.parent_run_id}")
-    return "\n".join(lines)
+    return "\n".join(lines + (science_lines(report) if report else []))
+
+
+def science_lines(report_uri: str) -> list[str]:
+    """The run's result, last on the console: the report's headline and its PGR table."""
+    from w2s.artifacts import local_path_of
+
+    path = local_path_of(report_uri)
+    if path is None or not (path / "report.md").exists():
+        return []
+    text = (path / "report.md").read_text().splitlines()
+    headline = [line.replace("**", "") for line in text[1:4] if line.startswith("**EVE")]
+    start = next((i for i, line in enumerate(text) if line.startswith("| policy")), len(text))
+    table = []
+    for line in text[start:]:  # the PGR table: the first block of rows after its header
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return ["", *headline, *table] if headline or table else []
 
 
 if __name__ == "__main__":
