@@ -81,3 +81,19 @@ def test_the_run_summary_ends_with_the_reports_headline_and_pgr_table(tmp_path):
     headline = next(line for line in markdown if line.startswith("**EVE")).replace("**", "")
     assert lines[-(end - header) - 2:] == ["", headline, *markdown[header:end]]  # last: the headline and the PGR table
     assert "MLflow: http://127.0.0.1:5000" in lines and not any("mlflow ui" in line for line in lines)
+
+
+def test_report_on_a_root_without_the_flow_names_what_it_will_compute_first(tmp_path, monkeypatch, capsys):
+    """`w2s report` after `make run` used to train three baselines without a word (it defaulted to the
+    baselines flow): it now defaults to the eve flow and names every stage it must compute first."""
+    import w2s.cli as cli
+    from flows.stages import stages_of
+    from w2s.config.loading import load_config
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.artifact_root={tmp_path / 'art'}"])
+    assert cli.build_parser().parse_args(["report", "--config", "tiny"]).flow == "eve"
+    monkeypatch.setattr(cli, "_run_flow", lambda *a, **k: None)  # stop where the computing would start
+    assert cli.write_report(cfg, "eve", str(tmp_path / "out")) == 1
+    said = capsys.readouterr().err
+    assert f"{len(stages_of('eve'))} stage(s) of the eve flow are not in the artifact root and run first" in said
+    assert "student" in said and "dpo_weak_reward" not in said

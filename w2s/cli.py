@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write the PGR report (Markdown + HTML) of a flow, running what is not cached",
                             description="Runs FLOW (cached stages are reused), then copies its report folder to --out.")
     _add_config_args(report)
-    report.add_argument("--flow", choices=("eve", "baselines", "sweep"), default="baselines", help="which flow's report (default: baselines)")
+    report.add_argument("--flow", choices=("eve", "baselines", "sweep"), default="eve",
+                        help="which flow's report (default: eve, what `w2s run` and `make run` run); stages it lacks are "
+                        "named, then computed")
     report.add_argument("--out", default="reports", metavar="DIR", help="where report.md, report.html and figures/ go (default: reports)")
 
     classification = sub.add_parser(
@@ -233,9 +235,9 @@ def _run_flow(cfg, flow_fn, **params):
         if log is not None:
             print(f"log: {log}", file=sys.stderr)
         return None
-    print(summary_table(state, cfg, time.perf_counter() - started))
     if log is not None:
         print(f"log: {log}")
+    print(summary_table(state, cfg, time.perf_counter() - started))  # ends with the science
     return state
 
 
@@ -245,6 +247,15 @@ def write_report(cfg, flow_name: str, out: str) -> int:
 
     from w2s.artifacts import local_path_of
 
+    from w2s.orchestration import trace_flow
+    from w2s.plan import Planner
+
+    planner = Planner(cfg.run.artifact_root)
+    trace_flow(flow_named(flow_name), cfg, planner)
+    missing = [row.stage for row in planner.rows if row.cache == "miss"]
+    if missing:  # `w2s report` after `make run` must not train baselines without a word
+        print(f"w2s report: {len(missing)} stage(s) of the {flow_name} flow are not in the artifact root and run first: "
+              f"{', '.join(missing)}", file=sys.stderr)
     state = _run_flow(cfg, flow_named(flow_name), until=None)
     if state is None:
         return 1
