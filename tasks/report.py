@@ -29,8 +29,9 @@ class ReportSlice(BaseModel):
     title: str = "Weak-to-strong report"
 
 
-# 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json
-@stage(version=5, reads=lambda config: ReportSlice(), shows="report.md")
+# 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json;
+# 6: EVE vs DPO at equal KL; win-rate and KL means as metrics (the flow's MLflow run shows them)
+@stage(version=6, reads=lambda config: ReportSlice(), shows="report.md")
 def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
            signal: ArtifactRef | None = None) -> Body:
     """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the
@@ -57,8 +58,9 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
                                                             "warnings": result.warnings}), indent=1, allow_nan=False).encode())
         for path in [writer.path("report.md"), writer.path("report.html"), *images]:
             run.log_artifact(path)
-        pgr_means = {name: mean_ci95(policy.pgr).mean for name, policy in result.policies.items()}
-        metrics = {f"pgr/{name}": value for name, value in pgr_means.items() if not math.isnan(value)}
+        means = {f"{metric}/{name}": mean_ci95(values).mean for name, policy in result.policies.items()
+                 for metric, values in (("pgr", policy.pgr), ("win_rate", policy.win), ("kl", policy.kl)) if values}
+        metrics = {name: value for name, value in means.items() if not math.isnan(value)}
         print(markdown.split("![")[0])
         return StageOutput(metrics, {"warnings": result.warnings})
 

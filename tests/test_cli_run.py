@@ -24,7 +24,8 @@ def test_run_twice_second_is_fully_cached(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "data" in first.stdout and " miss " in first.stdout
     # a quiet console: a line per stage, the bars, the table; the libraries' output is in the log file
-    console = (first.stdout + first.stderr).splitlines()
+    science = ("|", "EVE: PGR")  # the headline and PGR table the console ends with are the point, not noise
+    console = [line for line in (first.stdout + first.stderr).splitlines() if not line.startswith(science)]
     assert len(console) < 100, "\n".join(console)
     log = next(line.split(" ", 1)[1] for line in first.stdout.splitlines() if line.startswith("log: "))
     assert "Creating initial MLflow database tables" in open(log).read()  # MLflow's own chatter went there
@@ -35,6 +36,13 @@ def test_run_twice_second_is_fully_cached(tmp_path):
 
     table = [line for line in second.stdout.splitlines() if line.split()[:1] and line.split()[0] in STAGES]
     assert len(table) == len(STAGES) and all(line.split()[1] == "hit" for line in table), second.stdout
+    # the console ends with the science; the flow's MLflow run carries the headline metrics, cached or not
+    assert second.stdout.rstrip().splitlines()[-1].startswith("| ") and "EVE: PGR" in second.stdout
+    from mlflow.tracking import MlflowClient
+
+    run_id = next(line.rsplit(" ", 1)[1] for line in second.stdout.splitlines() if line.strip().startswith("experiment '"))
+    parent = MlflowClient(f"sqlite:///{tmp_path}/art/mlflow.db").get_run(run_id).data.metrics
+    assert {"pgr/eve", "pgr/naive_sft", "win_rate/eve", "kl/eve"} <= set(parent), parent
     # w2s plan computes nothing: all hits on the warm root; a changed β/λ misses exactly for the
     # weights and the stages they feed (flows/eve.py: the student, its evaluation, the report)
     after_weights = {"weights", "student", "evaluate_eve", "report"}

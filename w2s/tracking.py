@@ -109,6 +109,16 @@ def run_url(ctx: RunContext) -> str | None:
     return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}"
 
 
+def log_headline(ctx: RunContext, metrics: Mapping[str, float]) -> None:
+    """The flow's results (the report's pgr/, win_rate/, kl/ per policy) on its parent run, where
+    MLflow's runs table and compare view put them beside the params (β/λ, seed, …) of every run."""
+    from mlflow.entities import Metric
+
+    if ctx.parent_run_id and metrics:
+        now = int(time.time() * 1000)
+        _client(ctx.tracking_uri).log_batch(ctx.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
 def end_flow_run(ctx: RunContext, status: str = "FINISHED") -> None:
     if ctx.parent_run_id:
         _client(ctx.tracking_uri).set_terminated(ctx.parent_run_id, status=status)

@@ -214,7 +214,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     as its params), with summary rows; ends quietly after the `until` stage. Misnamed stages in
     `config.orchestration` fail here, before any compute."""
     from w2s.generation import keep_engines_warm
-    from w2s.tracking import end_flow_run, start_flow_run
+    from w2s.tracking import end_flow_run, log_headline, start_flow_run
 
     ctx = ctx or config.run_context()
     if _tracing.get():  # flow_stages: no tracking, the tracer's runner stays
@@ -240,11 +240,19 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
         end_flow_run(ctx, "FAILED")
         raise
     else:
+        log_headline(ctx, report_metrics(state.rows, ctx))
         end_flow_run(ctx, "FINISHED")
     finally:
         _pipeline.reset(token)
         if flow_run_id:
             publish_run(state.rows, ctx)
+
+
+def report_metrics(rows: list[StageRow], ctx: RunContext) -> dict[str, float]:
+    """The metrics of the run's report stage (hit or computed), read from its manifest."""
+    row = next((r for r in rows if r.stage == "report"), None)
+    manifest = store_for(ctx.artifact_root).read_manifest("report", row.uri.rstrip("/").rsplit("/", 1)[1]) if row else None
+    return dict(manifest.metrics) if manifest else {}
 
 
 def _prefect_flow_run() -> tuple[str | None, str | None]:
