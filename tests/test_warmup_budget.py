@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO
+from w2s.budget import matched
 from w2s.config import TrainConfig
 from w2s.config.loading import load_config
 from w2s.training.engine import lr_lambda, warmup_steps
@@ -13,12 +14,16 @@ from w2s.training.trainer import total_steps
 
 
 def _sections(config):
-    b = config.baselines
+    """Each training stage's section as it trains (the baselines under the budget rule, w2s/budget.py)."""
+    b, k = config.baselines, config.sampling.k
+    naive_rows = config.data.n_student * k if b.naive_sft_data == "matched" else config.data.n_weak_demo
     return {"weak_sft": (config.weak_sft, config.data.n_preference), "weak_dpo": (config.weak_dpo, config.data.n_preference),
-            "student": (config.student, config.data.n_student * config.sampling.k),
+            "student": (config.student, config.data.n_student * k),
             "strong_sft": (b.strong_sft, config.data.n_preference), "strong_dpo": (b.strong_dpo, config.data.n_preference),
-            "naive_sft": (b.naive_sft, config.data.n_weak_demo), "refinement": (b.refinement.train, config.data.n_weak_demo),
-            "dpo_weak_reward": (b.dpo_weak_reward, config.data.n_student), "strong_evaluator": (b.strong_evaluator, config.data.n_weak_demo)}
+            "naive_sft": (matched(b.naive_sft, config), naive_rows),
+            "refinement": (matched(b.refinement.train, config), config.data.n_weak_demo),
+            "dpo_weak_reward": (matched(b.dpo_weak_reward, config, epochs_fixed=True), config.data.n_student * k * (k - 1) // 2),
+            "strong_evaluator": (matched(b.strong_evaluator, config), config.data.n_weak_demo)}
 
 
 @pytest.mark.parametrize("name", ["tldr_llama3b.yaml", "tiny.yaml", "../pipeline_config.yaml"])
