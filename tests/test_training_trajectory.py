@@ -87,3 +87,34 @@ def _learned(history, key, start=None):
         return [h[key] for h in history]
     start = start or history
     return [h["loss"] - s["loss_at_start"] for h, s in zip(history, start)]
+
+
+def test_bf16_training_of_a_bf16_checkpoint_learns_what_fp32_learns(tmp_path, tiny_char_model_dir):
+    """A checkpoint stored in bf16 (the paper's Llama, GPT-2) puts every weight on the bf16 grid:
+    under plain autocast (the reference loop, TRL's bf16) no update shows in the forward until the
+    updates of a weight sum past half a step, and DPO's margin falls behind fp32's. The trainer
+    dithers such weights inside their rounding interval (engine.dither_off_the_bf16_grid), so the
+    first forward is unchanged and small updates show in proportion. Asserted: it recovers at least
+    half of what the grid costs plain autocast (measured: gap to fp32 8.7e-4 against 3.7e-3)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    model = shutil.copytree(tiny_char_model_dir, tmp_path / "bf16-checkpoint")
+    weights = load_file(str(model / "model.safetensors"))
+    save_file({k: v.bfloat16().float().contiguous() for k, v in weights.items()}, str(model / "model.safetensors"),
+              metadata={"format": "pt"})
+    rows = _rows("dpo")
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.table(rows), data)
+    ours = train(_config("dpo"), TrainingEngineConfig(precision="bf16"), "dpo", model, [data], tmp_path / "ours", progress=False)
+    schedule = Schedule(LR, WARMUP, STEPS)
+    fp32, plain = (train_reference(model, "dpo", rows, steps=STEPS, batch=BATCH, schedule=schedule, bf16=bf16) for bf16 in (False, True))
+    margin = {name: _learned(history, "reward_margin") for name, history in (("ours", ours.history), ("fp32", fp32), ("plain", plain))}
+    lost_plain = max(abs(a - b) for a, b in zip(margin["plain"], margin["fp32"]))
+    lost_ours = max(abs(a - b) for a, b in zip(margin["ours"], margin["fp32"]))
+    assert lost_plain > 0.2 * max(margin["fp32"]), "the grid must cost plain autocast something here, or this shows nothing"
+    assert lost_ours <= 0.5 * lost_plain, (margin, lost_ours, lost_plain)
+    exported = load_file(str(tmp_path / "ours" / "model" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in exported.values())

@@ -152,8 +152,42 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return factor
 
 
+def dither_off_the_bf16_grid(model, seed: int = 0) -> int:
+    """Moves each bf16-exact weight of a Linear layer by a random amount inside its own bf16 rounding
+    interval; returns how many moved. The bf16 forward under autocast reads exactly the same weights
+    as before (each still rounds to its old value), but the fp32 values now sit anywhere in their
+    interval, so a small update flips the rounding with probability ∝ its size, as it does for a
+    checkpoint that was never bf16 (SmolLM2's GGUF: 21 % of weights bf16-exact). Without it, a bf16
+    checkpoint (the paper's Llama) has every weight on the grid and the forward ignores all updates
+    until their sum passes half a step: DPO's margin reached 0.07 where fp32 reached 0.45 after 8
+    steps at 1e-5 (docs/results/bf16-dynamics.md). Embeddings are read in fp32 and stay as they are
+    (a tied LM head with them)."""
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    moved = 0
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(module, torch.nn.Linear) or weight is None or id(weight) in embeddings or weight.dtype != torch.float32:
+                continue
+            exact = (weight == weight.bfloat16().float()) & (weight != 0)
+            magnitude = weight.abs()
+            # bf16 keeps 8 significant bits: the step above |w| is 2^(e-7), below it the same, or half at a power of 2
+            exponent = torch.floor(torch.log2(torch.where(exact, magnitude, torch.ones_like(magnitude))))
+            up = torch.exp2(exponent - 8)
+            down = torch.where(magnitude == torch.exp2(exponent), up / 2, up)
+            u = torch.rand(weight.shape, generator=generator)
+            offset = 0.98 * (u * (up + down) - down)  # inside (−down, +up): strictly within the rounding interval
+            weight.add_(torch.where(exact, torch.sign(weight) * offset, torch.zeros_like(weight)))
+            moved += int(exact.sum())
+    return moved
+
+
 def prepare_model(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig):
-    """Gradient checkpointing and LoRA before DeepSpeed wraps the model."""
+    """Gradient checkpointing and LoRA before DeepSpeed wraps the model; bf16 weights off the grid."""
+    if precision(engine_cfg) == "bf16":
+        moved = dither_off_the_bf16_grid(model)
+        logging.getLogger(__name__).info("bf16: %d bf16-exact Linear weights dithered inside their rounding interval", moved)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
