@@ -112,11 +112,12 @@ def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: 
     )
     # bf16 is autocast over fp32 weights (TRL's and HF Trainer's bf16), not DeepSpeed's bf16 module:
     # a bf16 module's fp32 masters start *on* the bf16 grid (DeepSpeed builds them from the module),
-    # so every update smaller than half a bf16 step of its weight rounds back to the same forward
-    # weight and DPO's reward margin stayed at noise for steps where fp32 and TRL learned
+    # so the forward ignored every update until a weight's updates summed past half a bf16 step, and
+    # DPO's reward margin stayed at noise for steps where fp32 and TRL learned
     # (docs/results/bf16-dynamics.md). Autocast rounds the fp32 weights afresh at every forward: off
     # the grid, a small update moves the rounded weight with probability ∝ its size, as fp32 does on
-    # average; norms, embeddings, the loss and the optimiser stay fp32.
+    # average (prepare_model moves a bf16 checkpoint's weights off the grid); norms, embeddings, the
+    # loss and the optimiser stay fp32.
     bf16 = precision(engine_cfg) == "bf16"
     ds["bf16"] = {"enabled": False}
     ds["fp16"] = {"enabled": False}
