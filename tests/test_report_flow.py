@@ -43,7 +43,8 @@ def test_sweep_runs_every_baseline_and_reports(tmp_path):
     assert report.returncode == 0, report.stderr[-4000:]
     assert set(_cache(report.stdout)) and all(v == ["hit"] * len(v) for v in _cache(report.stdout).values()), report.stdout
     assert "run first" not in report.stderr  # all cached: nothing to announce
-    assert report.stdout.rstrip().splitlines()[-1].startswith("| ")  # the console ends with the PGR table
+    lines = report.stdout.rstrip().splitlines()  # the flow's summary ends with the PGR table, then where the copy went
+    assert lines[-1].startswith("report: ") and lines[-2].startswith("| "), lines[-3:]
     written = json.loads((out / "pgr.json").read_text())
     rows = {row["policy"]: row for row in written["rows"]}
     # naive SFT is trained by the eve flow itself (the paper's main comparison), the rest by baselines
