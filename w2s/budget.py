@@ -10,9 +10,9 @@ the checkpoints it keeps).
 
 One exception, fixed by the paper (§5.2: "we train DPO for 1 epoch with β = 0.05"): DPO with the
 weak reward keeps its epochs, so its step count follows from its pairs — every within-prompt pair of
-the K samples the weak teacher orders (w2s/baseline_data.select_pairs), K(K−1)/2 per prompt: 288
-pairs, 18 steps in the embedded default against EVE's 24; 60,000 pairs, 468 steps in the paper config
-against 312.
+the K samples the weak teacher orders (w2s/baseline_data.select_pairs), up to K(K−1)/2 per prompt
+(ties and equal texts are skipped): ≤ 288 pairs, ≤ 18 steps in the embedded default against EVE's 24;
+≤ 60,000 pairs, ≤ 468 steps in the paper config against 312.
 
 Not covered, on purpose: the weak teacher and the strong ceiling are trained on gold data to be as
 good as they can be (the ends of PGR), not compared with EVE. `baselines.budget: own` trains every

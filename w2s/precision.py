@@ -1,8 +1,8 @@
 """Which float format forwards and training run in: bf16 where the hardware computes it natively
 (a CUDA GPU, or a CPU with AMX or AVX512-BF16, where a bf16 GEMM runs ~7× an fp32 one on these
 machines), fp32 elsewhere. Numerics that need the range stay fp32 whatever this says: log-softmax
-and the summed sequence log-probs (w2s/scoring.py), the loss and its accumulation, and the master
-weights and optimiser state (DeepSpeed's bf16 optimiser keeps them in fp32).
+and the summed sequence log-probs (w2s/scoring.py), the loss and its accumulation, and the weights
+and optimiser state: training in bf16 is autocast over fp32 weights (w2s/training/engine.py).
 
 `auto` is resolved before a stage's key is computed, so an artifact says which format made it and
 a machine that would compute in another format does not reuse it silently. bench/precision.py

@@ -167,10 +167,11 @@ def build_report(evaluations: dict[str, pa.Table]) -> Report:
             rows = _rows_at(table, "fraction", fraction)
             rewards = _rewards(rows)
             result.curve[fraction].append(pgr(_mean(rewards), p_weak, p_strong))
-            if "k3" in rows.column_names and rows["k3"].null_count == 0 and reference:  # null: no KL there (kl_checkpoints: final)
-                result.kl_win.append((fraction, float(np.mean(rows["k3"].to_numpy())), _paired_win(rewards, reference)))
-            if "k3" in rows.column_names and rows["k3"].null_count == 0:
-                result.kl_gold.append((label.seed, fraction, float(np.mean(rows["k3"].to_numpy())), _mean(rewards)))
+            if "k3" in rows.column_names and rows["k3"].null_count == 0:  # null: no KL there (kl_checkpoints: final)
+                kl = float(np.mean(rows["k3"].to_numpy()))
+                result.kl_gold.append((label.seed, fraction, kl, _mean(rewards)))
+                if reference:
+                    result.kl_win.append((fraction, kl, _paired_win(rewards, reference)))
     return Report(policies, {name: {policy: dict(points) for policy, points in by_policy.items()} for name, by_policy in sweeps.items()},
                   warnings)
 

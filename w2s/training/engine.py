@@ -130,7 +130,8 @@ def deepspeed_config(cfg: TrainConfig, engine_cfg: TrainingEngineConfig, world: 
 
 
 def trainer_clips(ds: dict) -> bool:
-    return ds["zero_optimization"].get("stage", 0) == 0 and not ds["bf16"]["enabled"]
+    """ZeRO-0 trains plain fp32 weights in both precisions (bf16 is autocast): the trainer clips them, to log the norm."""
+    return ds["zero_optimization"].get("stage", 0) == 0
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
