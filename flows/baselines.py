@@ -21,6 +21,7 @@ from tasks.report import report
 from tasks.strong_evaluator import strong_evaluator
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
+from w2s.config.presets import PipelinePreset
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 
@@ -40,8 +41,8 @@ def all_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, Art
 
 
 @flow(name="baselines", log_prints=True)
-def baselines(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config, "baselines", until) as run:
-        evaluations, diagnostics = all_policies(run.ctx, config)
-        report(run.ctx, config, evaluations=evaluations, **diagnostics)
+def baselines(config: PipelineConfig = embedded_default(), preset: PipelinePreset | None = None, until: str | None = None) -> PipelineState:
+    with pipeline_run(config, "baselines", until, preset=preset) as run:
+        evaluations, diagnostics = all_policies(run.ctx, run.config)
+        report(run.ctx, run.config, evaluations=evaluations, **diagnostics)
     return run

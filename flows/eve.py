@@ -36,6 +36,7 @@ from tasks.weak_sft import weak_sft
 from tasks.weights import weights as f_weights
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
+from w2s.config.presets import PipelinePreset
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
 
@@ -110,8 +111,8 @@ def eve_policies(ctx: RunContext, config: PipelineConfig) -> tuple[dict[str, Art
 
 
 @flow(name="eve", log_prints=True)
-def eve(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config, "eve", until) as run:
-        evaluations, diagnostics = eve_policies(run.ctx, config)
-        report(run.ctx, config, evaluations=evaluations, **diagnostics)
+def eve(config: PipelineConfig = embedded_default(), preset: PipelinePreset | None = None, until: str | None = None) -> PipelineState:
+    with pipeline_run(config, "eve", until, preset=preset) as run:
+        evaluations, diagnostics = eve_policies(run.ctx, run.config)
+        report(run.ctx, run.config, evaluations=evaluations, **diagnostics)
     return run

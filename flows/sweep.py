@@ -18,6 +18,7 @@ from flows.eve import evaluate_eve, evaluate_students, eve_policies, eve_stages
 from tasks.report import report
 from w2s.artifacts import ArtifactRef
 from w2s.config import PipelineConfig
+from w2s.config.presets import PipelinePreset
 from w2s.config.loading import with_values
 from w2s.orchestration import PipelineState, embedded_default, pipeline_run
 from w2s.tracking import RunContext
@@ -59,8 +60,8 @@ def swept_students(ctx: RunContext, config: PipelineConfig) -> dict[str, Artifac
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(config: PipelineConfig = embedded_default(), until: str | None = None) -> PipelineState:
-    with pipeline_run(config, "sweep", until) as run:
-        evaluations, diagnostics = seeded_policies(run.ctx, config)
-        report(run.ctx, config, evaluations=evaluations | swept_students(run.ctx, config), **diagnostics)
+def sweep(config: PipelineConfig = embedded_default(), preset: PipelinePreset | None = None, until: str | None = None) -> PipelineState:
+    with pipeline_run(config, "sweep", until, preset=preset) as run:
+        evaluations, diagnostics = seeded_policies(run.ctx, run.config)
+        report(run.ctx, run.config, evaluations=evaluations | swept_students(run.ctx, run.config), **diagnostics)
     return run

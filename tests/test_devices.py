@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from w2s.config.loading import load_config
 from w2s.devices import check_gpus, check_pod_gpus, gpus_needed, torch_device
@@ -43,16 +42,6 @@ def test_pod_gpu_count_against_the_config():
     cfg = _cfg(TLDR)
     assert check_pod_gpus(cfg, 1) == "engines.training.world_size=8 needs 8 GPUs; a pod with gpu_count=1 has 1"
     assert check_pod_gpus(cfg, 8) is None
-
-
-def test_every_gpu_deployment_fits_the_config_it_runs():
-    # The GPU deployments run the flow's defaults (pipeline_config.yaml): their pods must hold its ranks.
-    deployments = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
-    gpu = [d for d in deployments if "gpu_count" in d["work_pool"].get("job_variables", {})]
-    assert gpu
-    for d in gpu:
-        assert d["parameters"] == {}, f"{d['name']} runs another config: check that one"
-        assert check_pod_gpus(_cfg(), d["work_pool"]["job_variables"]["gpu_count"]) is None, d["name"]
 
 
 def test_device_reaches_the_run_context_and_resolves():

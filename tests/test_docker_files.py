@@ -206,6 +206,35 @@ def test_gpu_pool_template_declares_what_deployments_set_and_asks_for_gpus():
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on a bad cron / zone
 
 
+def test_gpu_pool_variables_render_into_the_job_as_kubernetes_reads_them():
+    """Prefect's own renderer (what the Kubernetes worker calls) with the pool's defaults, then with
+    a claim, a pull secret and secret-backed env: the manifest carries them where Kubernetes reads them."""
+    import asyncio
+
+    from prefect.workers.base import BaseJobConfiguration
+
+    class KubernetesJob(BaseJobConfiguration):  # prefect-kubernetes' job configuration adds this field
+        job_manifest: dict
+
+    def pod(values):
+        job = asyncio.run(KubernetesJob.from_template_and_values(K8S_TEMPLATE, values))
+        return job.job_manifest["spec"]["template"]["spec"]
+
+    default = pod({})
+    assert default["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+    assert default["containers"][0]["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert default["imagePullSecrets"] == [] and default["containers"][0]["envFrom"] == []
+    claim = {"name": "staging", "persistentVolumeClaim": {"claimName": "w2s-staging"}}
+    mount = {"name": "staging", "mountPath": "/mnt/w2s-staging"}
+    custom = pod({"volumes": [*default["volumes"], claim], "volume_mounts": [*default["containers"][0]["volumeMounts"], mount],
+                  "image_pull_secrets": [{"name": "regcred"}], "env_from": [{"secretRef": {"name": "hf-token"}}],
+                  "gpu_count": 8})
+    assert claim in custom["volumes"] and mount in custom["containers"][0]["volumeMounts"]
+    assert custom["imagePullSecrets"] == [{"name": "regcred"}]
+    assert custom["containers"][0]["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert custom["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
+
+
 def test_the_failure_automation_is_a_valid_prefect_automation_for_gpu_runs():
     import uuid
 

@@ -94,6 +94,7 @@ class PipelineState:
     ctx: RunContext
     until: str | None
     rows: list[StageRow] = field(default_factory=list)
+    config: Any = None  # what the run computes: the form's config, or the preset it named
 
 
 _pipeline: contextvars.ContextVar[PipelineState | None] = contextvars.ContextVar("w2s_pipeline", default=None)
@@ -209,16 +210,20 @@ def trace_flow(flow_fn: Any, config: Any, runner) -> None:
 
 
 @contextmanager
-def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: RunContext | None = None) -> Iterator[PipelineState]:
+def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: RunContext | None = None,
+                 preset: str | None = None) -> Iterator[PipelineState]:
     """One flow run: its stages run as Prefect tasks under a parent MLflow run (the flow's config
-    as its params), with summary rows; ends quietly after the `until` stage. Misnamed stages in
-    `config.orchestration` fail here, before any compute."""
+    as its params), with summary rows; ends quietly after the `until` stage. A `preset` replaces
+    the form's config (w2s/config/presets.py); the flow body reads `state.config`. Misnamed stages
+    in `config.orchestration` fail here, before any compute."""
+    from w2s.config.presets import pipeline_config_of
     from w2s.generation import keep_engines_warm
     from w2s.tracking import end_flow_run, log_headline, start_flow_run
 
+    config = pipeline_config_of(config, preset, embedded_default())
     ctx = ctx or config.run_context()
     if _tracing.get():  # flow_stages: no tracking, the tracer's runner stays
-        yield PipelineState(ctx=ctx, until=None)
+        yield PipelineState(ctx=ctx, until=None, config=config)
         return
     if isinstance(config, PipelineConfig):
         from w2s.config.loading import check_machine
@@ -229,7 +234,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     flow_run_id, flow_run_url = _prefect_flow_run()
     ctx = ctx.model_copy(update={"flow_run_id": flow_run_id, "flow_run_url": flow_run_url, **infrastructure_overrides()})
     ctx = start_flow_run(ctx, flow_name, params)
-    state = PipelineState(ctx=ctx, until=until)
+    state = PipelineState(ctx=ctx, until=until, config=config)
     token = _pipeline.set(state)
     try:
         with use_runner(run_as_task), project_logs_in_the_run(), keep_engines_warm():  # stages hand on running vLLM engines
