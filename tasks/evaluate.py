@@ -118,6 +118,9 @@ def evaluate_policy(ctx: RunContext, cfg: EvaluateSlice, data: ArtifactRef, poli
                 k3 = k3_terms(logp, logp_ref)
                 columns |= {"logp_policy": logp, "logp_ref": logp_ref, "k3": k3}
                 metrics[f"{prefix}kl_k3"] = float(np.mean(k3))
+            if point["step"] is not None:  # MLflow draws these against the training step (fig. 3's curve)
+                run.log_metrics({f"checkpoint/{name}": metrics[f"{prefix}{name}"] for name in ("gold_reward", "kl_k3")
+                                 if f"{prefix}{name}" in metrics}, step=point["step"])
             tables.append(pa.table(columns))
         samples = pa.concat_tables(tables, promote_options="default")
         writer.write_parquet("samples.parquet", samples)

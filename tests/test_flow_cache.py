@@ -31,6 +31,8 @@ def test_second_run_in_a_new_process_executes_no_stage_body(tmp_path):
     second = _run(root, marker)
     assert _bodies(marker) == ["rows", "scaled"], "no stage body may run on the second run"
     assert [r["cache"] for r in second["rows"]] == ["hit", "hit"]
+    # Prefect's run graph: scaled's argument `rows` comes from the rows task, computed or Cached
+    assert first["edges"] == second["edges"] == {"rows": {}, "scaled": {"rows": ["rows"]}}
     assert [r["uri"] for r in second["rows"]] == [r["uri"] for r in first["rows"]]
 
     # changing what only the second stage reads reruns only the second stage
@@ -77,6 +79,7 @@ def test_mlflow_run_tree_reads_back(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     experiment = client.get_experiment_by_name("two-stage")
     assert experiment.artifact_location == (root / "mlflow-artifacts").as_uri()
+    computed_by = {}
     for flow_result, cache in ((first, "miss"), (second, "hit")):
         parent = client.get_run(flow_result["parent"])
         assert parent.info.status == "FINISHED"
@@ -84,14 +87,24 @@ def test_mlflow_run_tree_reads_back(tmp_path):
         children = client.search_runs(
             [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{flow_result['parent']}'"
         )
+        # the parent's stage table: every stage, and the run that computed its artifact
+        table = json.loads(open(client.download_artifacts(parent.info.run_id, "stages.json", str(tmp_path))).read())
+        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        assert [(r["stage"], r["cache"]) for r in rows] == [("rows", cache), ("scaled", cache)]
+        if cache == "hit":  # a cached rerun adds its parent run only; its rows link to the first run's stages
+            assert children == [] and {r["stage"]: r["mlflow_run_id"] for r in rows} == computed_by
+            continue
         by_stage = {run.data.tags["w2s.stage"]: run for run in children}
         assert set(by_stage) == {"rows", "scaled"}
+        computed_by = {stage: run.info.run_id for stage, run in by_stage.items()}
+        assert {r["stage"]: r["mlflow_run_id"] for r in rows} == computed_by
         for run in by_stage.values():
             assert run.data.tags["w2s.cache"] == cache and run.info.status == "FINISHED"
             assert run.data.tags["prefect.flow_run_id"] == flow_result["flow_run"]
         scaled = by_stage["scaled"]
         assert scaled.data.params["beta_over_lambda"] == "1.0" and scaled.data.params["stage_version"] == "1"
         assert scaled.data.metrics["sum"] == sum(range(128))
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's UI opens its training view
     miss_run = client.search_runs([experiment.experiment_id], filter_string="tags.`w2s.cache` = 'miss' and tags.`w2s.stage` = 'scaled'")[0]
     artifacts = [a.path for a in client.list_artifacts(miss_run.info.run_id)]
     assert "manifest.json" in artifacts

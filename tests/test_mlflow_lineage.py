@@ -13,7 +13,7 @@ import pytest
 from w2s.artifacts import store_for
 from w2s.config import DataConfig
 from w2s.registry import alias_of
-from w2s.stage import Stage, StageOutput, execute
+from w2s.stage import Stage, StageOutput, collect_outcomes, execute
 from w2s.tracking import _client
 
 
@@ -65,11 +65,27 @@ def test_inputs_system_metrics_tables_and_registered_models(ctx, fast_system_met
     for alias in ("newest", alias_of("test")):
         assert client.get_model_version_by_alias("w2s-probe", alias).version == version.version
 
-    # a cached rerun logs its inputs again and moves the aliases, but adds no version
-    execute(ctx, policy, cfg, {}, _policy_body)
-    assert execute(ctx, consumer, cfg, {"policy": model}, _consumer_body) == used
+    # a cached rerun (here under another experiment) adds no run and no version: each stage's row
+    # names the run that computed it, and the policy's aliases move to this experiment
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    before = len(client.search_runs(experiment_ids))
+    rerun = ctx.model_copy(update={"experiment": "test-rerun"})
+    with collect_outcomes() as outcomes:
+        execute(rerun, policy, cfg, {}, _policy_body)
+        assert execute(rerun, consumer, cfg, {"policy": model}, _consumer_body) == used
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    assert len(client.search_runs(experiment_ids)) == before
+    assert [(o.stage, o.cache, o.mlflow_run_id) for o in outcomes] == [
+        ("lineage_policy", "hit", runs["lineage_policy"].info.run_id), ("lineage_consumer", "hit", runs["lineage_consumer"].info.run_id)]
     assert len(client.search_model_versions("name='w2s-probe'")) == 1
-    hits = [r for r in client.search_runs([client.get_experiment_by_name("test").experiment_id], "tags.`w2s.cache` = 'hit'")]
+    assert client.get_model_version_by_alias("w2s-probe", alias_of("test-rerun")).version == version.version
+
+    # a store that never saw the computing runs (the root tracked elsewhere) gets a 'reused' run per stage
+    elsewhere = ctx.model_copy(update={"tracking_uri": f"sqlite:///{ctx.artifact_root}/elsewhere.db"})
+    execute(elsewhere, policy, cfg, {}, _policy_body)
+    execute(elsewhere, consumer, cfg, {"policy": model}, _consumer_body)
+    other = _client(elsewhere.tracking_uri)
+    hits = other.search_runs([other.get_experiment_by_name("test").experiment_id], "tags.`w2s.cache` = 'hit'")
     assert {r.data.tags["w2s.stage"] for r in hits} == {"lineage_policy", "lineage_consumer"}
     assert all(len(r.inputs.dataset_inputs) == (r.data.tags["w2s.stage"] == "lineage_consumer") for r in hits)
 

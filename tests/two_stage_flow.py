@@ -57,10 +57,25 @@ def two_stage(root: str, data: DataConfig = DataConfig(), weights: WeightsConfig
         scaled(run.ctx, weights, rows=rows(run.ctx, data))
     return run
 
+def task_edges(flow_run_id: str) -> dict[str, dict[str, list[str]]]:
+    """What Prefect's run graph draws: each task run's arguments → the task runs they came from."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    names = {r.id: r.name.rsplit("-", 1)[0] for r in runs}
+    return {names[r.id]: {arg: sorted(names[i.id] for i in found if getattr(i, "input_type", None) == "task_run")
+                          for arg, found in r.task_inputs.items() if any(getattr(i, "input_type", None) == "task_run" for i in found)}
+            for r in runs}
+
 if __name__ == "__main__":
     from w2s.config.loading import load_config
 
     root, MARKER = sys.argv[1], sys.argv[2]
     cfg = load_config(None, [a for a in sys.argv[3:] if a != "--set"])
     state = two_stage(root, cfg.data, cfg.weights)
-    print(json.dumps({"rows": [asdict(r) for r in state.rows], "parent": state.ctx.parent_run_id, "flow_run": state.ctx.flow_run_id}))
+    print(json.dumps({"rows": [asdict(r) for r in state.rows], "parent": state.ctx.parent_run_id, "flow_run": state.ctx.flow_run_id,
+                      "edges": task_edges(state.ctx.flow_run_id)}))

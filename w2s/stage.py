@@ -38,7 +38,7 @@ from w2s.artifacts import ArtifactRef, cache_key, store_for
 from w2s.content import content_digests
 from w2s.writer import StageWriter
 from w2s.registry import register_policy
-from w2s.tracking import RunContext, StageRun, log_artifact_summary, stage_run, system_metrics
+from w2s.tracking import RunContext, StageRun, existing_run, log_artifact_summary, stage_run, system_metrics
 
 
 @dataclass(frozen=True)
@@ -287,9 +287,17 @@ def _compute(ctx, store, stage: Stage, key: str, cfg: BaseModel, inputs, body: B
 
 
 def log_cached(ctx: RunContext, stage: Stage, key: str, cfg: BaseModel, ref: ArtifactRef, inputs: Mapping[str, ArtifactRef]) -> str:
-    """A nested run that says 'reused', so every flow run shows all its stages in MLflow."""
+    """The MLflow run of a reused artifact: the run that computed it (its manifest names it), where
+    this tracking store has it. A rerun adds no run per cached stage; the parent's stage table
+    links each stage to that run, and a policy's aliases move to the version it registered. A root
+    whose computing runs live in another store (copied, or tracked elsewhere) gets a nested run
+    that says 'reused', so the flow still shows every stage."""
+    manifest = store_for(ctx.artifact_root).read_manifest(stage.name, key)
+    computed = existing_run(ctx, (manifest.info.get("computed_by") or {}).get("mlflow_run_id") if manifest else None)
+    if computed is not None:
+        register_policy(ctx, stage, ref, computed)
+        return computed.run_id
     with stage_run(ctx, stage.name, key, {"stage_version": stage.version, **config_slice(cfg)}, cache="hit", inputs=inputs) as run:
-        manifest = store_for(ctx.artifact_root).read_manifest(stage.name, key)
         log_artifact_summary(run, ref, None, manifest.metrics if manifest else {})
         register_policy(ctx, stage, ref, run)
     return run.run_id

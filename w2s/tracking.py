@@ -1,4 +1,6 @@
-"""MLflow tracking: one parent run per flow run, one nested run per stage.
+"""MLflow tracking: one parent run per flow run (the config as params, the report's headline as
+metrics, the stage table as `stages.json`), one nested run per stage that computes; a stage whose
+artifact is reused links to the run that computed it (w2s/stage.py log_cached).
 
 Runs are created with an explicit MlflowClient (no global active-run stack), so stages in worker
 threads or other processes attach to the right parent by id. The default backend is
@@ -8,6 +10,7 @@ without that explicit location MLflow would write ./mlruns into the working dire
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -26,6 +29,7 @@ TAG_KEY = "w2s.key"
 TAG_FLOW_RUN = "prefect.flow_run_id"
 TAG_FLOW_URL = "prefect.flow_run_url"
 TAG_PARENT = "mlflow.parentRunId"
+STAGE_TABLE = "stages.json"
 
 
 class RunContext(BaseModel):
@@ -42,12 +46,18 @@ class RunContext(BaseModel):
 
 
 _initialised: set[str] = set()
+# MLflow's UI opens an experiment in its GenAI (traces) view unless the experiment says otherwise
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW = "workflowType=machine_learning"
 
 
 def _client(tracking_uri: str):
     """An MlflowClient; a sqlite database is created/migrated by one process at a time (two runs
     starting together on a fresh root would otherwise both migrate it and leave it half-done)."""
     from mlflow.tracking import MlflowClient
+
+    # MLflow prints "View run … at: <url>" for every run it ends on a server: one line per stage
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
     if tracking_uri.startswith("sqlite:///") and tracking_uri not in _initialised:
         from w2s.locks import exclusive
@@ -65,10 +75,13 @@ def experiment_id(ctx: RunContext) -> str:
     client = _client(ctx.tracking_uri)
     found = client.get_experiment_by_name(ctx.experiment)
     if found is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in found.tags:  # made before w2s tagged its experiments
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     location = artifact_location(ctx)
     try:
-        return client.create_experiment(ctx.experiment, artifact_location=location)
+        return client.create_experiment(ctx.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(ctx.experiment).experiment_id
 
@@ -79,8 +92,13 @@ MLFLOW_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "sftp", "ftp")
 
 def artifact_location(ctx: RunContext) -> str | None:
     """Where the experiment's MLflow artifacts go: beside the stage artifacts when MLflow can write
-    there, else beside a local sqlite backend; never MLflow's default ./mlruns in the working dir."""
+    there, else beside a local sqlite backend; never MLflow's default ./mlruns in the working dir.
+    With a tracking *server* and a local root: the server's own store (None; `mlflow server`
+    proxies artifact uploads by default), since a path on the client's disk is one that colleagues
+    reading the server cannot open."""
     local = local_path_of(ctx.artifact_root)
+    if local is not None and ctx.tracking_uri.startswith(("http://", "https://")):
+        return None
     if local is not None:
         return (local.absolute() / "mlflow-artifacts").as_uri()
     if ctx.artifact_root.split("://", 1)[0] in MLFLOW_SCHEMES:
@@ -106,7 +124,7 @@ def run_url(ctx: RunContext) -> str | None:
     """The MLflow UI page of the flow's parent run when MLflow is a server."""
     if not ctx.parent_run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}"
+    return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}?{UI_VIEW}"
 
 
 def log_headline(ctx: RunContext, metrics: Mapping[str, float]) -> None:
@@ -117,6 +135,19 @@ def log_headline(ctx: RunContext, metrics: Mapping[str, float]) -> None:
     if ctx.parent_run_id and metrics:
         now = int(time.time() * 1000)
         _client(ctx.tracking_uri).log_batch(ctx.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_stage_table(ctx: RunContext, rows: list[Mapping[str, Any]]) -> None:
+    """The flow's stages on its parent run (`stages.json`: stage, cache, wall_s, artifact, and the
+    run that computed each artifact, this flow's or an earlier one's): one summary, where a
+    reused stage no longer adds a run of its own."""
+    if not (ctx.parent_run_id and rows):
+        return
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    try:
+        StageRun(_client(ctx.tracking_uri), ctx.parent_run_id).log_table(columns, STAGE_TABLE)
+    except Exception as exc:  # a summary: never what fails (or hides why) a run
+        logging.getLogger(__name__).warning("MLflow: the stage table was not logged (%s)", str(exc).splitlines()[0][:200])
 
 
 def end_flow_run(ctx: RunContext, status: str = "FINISHED") -> None:
@@ -199,8 +230,6 @@ def log_dataset_inputs(client, run_id: str, inputs: Mapping[str, ArtifactRef]) -
 def system_metrics(ctx: RunContext, run_id: str, interval_s: float = 5.0) -> Iterator[None]:
     """CPU, memory, disk, network (and GPU where pynvml finds one) as `system/*` metrics of the run,
     sampled every `interval_s` (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides) while a stage computes."""
-    import logging
-
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no start/stop lines per stage
@@ -210,6 +239,20 @@ def system_metrics(ctx: RunContext, run_id: str, interval_s: float = 5.0) -> Ite
         yield
     finally:
         monitor.finish()
+
+
+def existing_run(ctx: RunContext, run_id: str | None) -> StageRun | None:
+    """A handle on run `run_id` if this tracking store holds it (not deleted), else None."""
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = _client(ctx.tracking_uri)
+    try:
+        found = client.get_run(run_id)
+    except MlflowException:
+        return None
+    return StageRun(client, run_id) if found.info.lifecycle_stage == "active" else None
 
 
 @contextmanager

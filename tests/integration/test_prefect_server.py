@@ -162,6 +162,24 @@ def test_ui_triggered_run_completes_retries_the_failed_stage_and_reruns_all_cach
     assert "InjectedFailure" in log or "injected failure" in (stack.logs / "cli.log").read_text()
 
 
+def stage_table(client, flow_run: dict, tmp: Path) -> tuple[object, list[dict]]:
+    """The flow run's MLflow parent run and its stage table (stages.json: stage, cache, wall_s,
+    uri, mlflow_run_id: the run that computed the stage's artifact)."""
+    import json
+
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'")
+    (parent,) = [r for r in runs if "w2s.stage" not in r.data.tags]
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "stages.json", str(tmp))).read())
+    return parent, [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def stage_runs(client, flow_run: dict, tmp: Path) -> dict[str, object]:
+    """Each stage of the flow run → the MLflow run that computed its artifact (this flow run's or an earlier one's)."""
+    _, rows = stage_table(client, flow_run, tmp)
+    return {row["stage"]: client.get_run(row["mlflow_run_id"]) for row in rows}
+
+
 def test_mlflow_runs_read_back_from_the_server(stack, two_runs):
     from mlflow.tracking import MlflowClient
 
@@ -171,25 +189,35 @@ def test_mlflow_runs_read_back_from_the_server(stack, two_runs):
     client = MlflowClient(tracking_uri=stack.mlflow)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=500)
+    computed = {}
     for flow_run, cache in ((first, "miss"), (second, "hit")):
         mine = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == flow_run["id"]]
-        parents = [r for r in mine if "w2s.stage" not in r.data.tags]
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        assert parents[0].data.tags["prefect.flow_run_url"] == f"{stack.ui}/runs/flow-run/{flow_run['id']}"
+        parent, rows = stage_table(client, flow_run, stack.tmp)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.tags["prefect.flow_run_url"] == f"{stack.ui}/runs/flow-run/{flow_run['id']}"
+        assert [row["stage"] for row in rows] == list(RUN_STAGES) and {row["cache"] for row in rows} == {cache}
         children = [r for r in mine if "w2s.stage" in r.data.tags]
-        assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+        assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+        if cache == "hit":  # a cached rerun adds its parent run only; each row links to the run that computed the stage
+            assert len(mine) <= 2 and children == [], [r.data.tags.get("w2s.stage") for r in mine]
+            assert {row["stage"]: row["mlflow_run_id"] for row in rows} == computed
+            continue
         finished = {r.data.tags["w2s.stage"]: r for r in children if r.info.status == "FINISHED"}
         assert set(finished) == set(RUN_STAGES)
         assert {r.data.tags["w2s.cache"] for r in finished.values()} == {cache}
         failed = [r.data.tags["w2s.stage"] for r in children if r.info.status == "FAILED"]
-        assert failed == (["scoring"] if cache == "miss" else [])
+        assert failed == ["scoring"]
+        computed = {stage: run.info.run_id for stage, run in finished.items()}
+        assert {row["stage"]: row["mlflow_run_id"] for row in rows} == computed
     # what MLflow holds agrees with the artifact's own manifest
-    weights = finished["weights"]
+    weights = client.get_run(computed["weights"])
     store = ArtifactStore(str(stack.tmp / "artifacts"))
     manifest = store.read_manifest("weights", weights.data.tags["w2s.key"])
     assert weights.data.params["beta_over_lambda"] == "1.0"
     assert manifest.metrics and all(weights.data.metrics[k] == pytest.approx(v) for k, v in manifest.metrics.items())
-
+    # artifacts go to the server's own (proxied) store, not to a path on the client's disk
+    assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_offloaded_stage_runs_on_the_stage_deployment(stack, two_runs):
@@ -359,7 +387,8 @@ def test_the_flow_run_shows_the_report_stage_table_progress_mlflow_link_and_proj
     parent = next(r for r in runs if "w2s.stage" not in r.data.tags)
     link = found["mlflow-run"]
     # Prefect stores a link artifact as markdown: [text](url)
-    assert link["data"] == f"[MLflow parent run]({stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id})"
+    assert link["data"] == (f"[MLflow parent run]({stack.mlflow}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+                            "?workflowType=machine_learning)")
     # progress artifacts of the long stages the cold run computed, ending at 100 %
     cold = {a["key"]: a for a in _artifacts(stack, first["id"]) if a["key"]}
     for key in ("progress-sampling", "progress-scoring", "progress-weak-sft", "progress-student"):
@@ -381,11 +410,12 @@ def test_mlflow_shows_lineage_tables_system_metrics_and_registered_policies(stac
     experiment = client.get_experiment_by_name(EXPERIMENT)
     store = ArtifactStore(str(stack.tmp / "artifacts"))
 
-    def stage_runs(flow_run):
-        runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run['id']}'")
-        return {r.data.tags["w2s.stage"]: r for r in runs if r.info.status == "FINISHED" and "w2s.stage" in r.data.tags}
-
-    cold, whole = stage_runs(first), stage_runs(whole_run)
+    cold, whole = stage_runs(client, first, stack.tmp), stage_runs(client, whole_run, stack.tmp)
+    # the headline on the parent run (the runs table compares it across runs); fig. 3's curve by step
+    parent, _ = stage_table(client, whole_run, stack.tmp)
+    assert {"pgr/eve", "pgr/naive_sft"} <= set(parent.data.metrics), sorted(parent.data.metrics)
+    curve = client.get_metric_history(whole["evaluate_naive_sft"].info.run_id, "checkpoint/gold_reward")
+    assert len({m.step for m in curve}) >= 2, curve
     # dataset inputs: each input of scoring, with the digest of that input's manifest
     scoring = store.read_manifest("scoring", cold["scoring"].data.tags["w2s.key"])
     inputs = {t.value: d.dataset for d in cold["scoring"].inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}

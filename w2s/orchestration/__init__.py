@@ -19,12 +19,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.utilities.engine import link_state_to_task_run_result
 from pydantic_core import to_jsonable_python
 
 from w2s import faults
@@ -166,6 +167,9 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs)))
     if ref is None:
         raise RuntimeError(f"{declared.name}: computed {key} but it fails verification in {ctx.artifact_root}")
+    # Prefect draws an edge where a task's argument is an object it knows as another task's result;
+    # this reference is the store's fresh lookup, not the object the task returned, so say it is
+    link_state_to_task_run_result(state, ref)
     if declared.shows and ctx.flow_run_id:
         publish_report(declared.name, ref, declared.shows, ctx)
     return ref
@@ -218,7 +222,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     in `config.orchestration` fail here, before any compute."""
     from w2s.config.presets import pipeline_config_of
     from w2s.generation import keep_engines_warm
-    from w2s.tracking import end_flow_run, log_headline, start_flow_run
+    from w2s.tracking import end_flow_run, log_headline, log_stage_table, start_flow_run
 
     config = pipeline_config_of(config, preset, embedded_default())
     ctx = ctx or config.run_context()
@@ -236,18 +240,17 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     ctx = start_flow_run(ctx, flow_name, params)
     state = PipelineState(ctx=ctx, until=until, config=config)
     token = _pipeline.set(state)
+    status = "FAILED"
     try:
         with use_runner(run_as_task), project_logs_in_the_run(), keep_engines_warm():  # stages hand on running vLLM engines
             yield state
-    except UntilReached:
-        end_flow_run(ctx, "FINISHED")
-    except BaseException:
-        end_flow_run(ctx, "FAILED")
-        raise
-    else:
         log_headline(ctx, report_metrics(state.rows, ctx))
-        end_flow_run(ctx, "FINISHED")
+        status = "FINISHED"
+    except UntilReached:
+        status = "FINISHED"
     finally:
+        log_stage_table(ctx, [asdict(row) for row in state.rows])
+        end_flow_run(ctx, status)
         _pipeline.reset(token)
         if flow_run_id:
             publish_run(state.rows, ctx)
