@@ -96,3 +96,23 @@ def test_aliases_are_valid_mlflow_aliases():
     for experiment in ("w2s-eve", "my exp/1", "v3", "ünïcode", "latest", "newest"):
         _validate_model_alias_name(alias_of(experiment))
         assert alias_of(experiment) != "newest"
+
+
+def test_report_figures_are_served_by_an_mlflow_server_and_linked_otherwise():
+    from urllib.parse import parse_qs, urlparse
+
+    from w2s.artifacts import ArtifactRef
+    from w2s.orchestration.ui import figure_links
+    from w2s.tracking import RunContext
+
+    ref = ArtifactRef(stage="report", key="k", uri="/root/report/k", digest="0" * 64)
+    markdown = "# r\n![pgr_bars](figures/pgr_bars.png)\ntext ![fig 3](figures/pgr_over_training.png)"
+    server = RunContext(artifact_root="/root", tracking_uri="http://127.0.0.1:5000", experiment="x")
+    served = figure_links(markdown, ref, "report.md", server, "abc123")
+    urls = [line.split("](")[1].rstrip(")") for line in served.splitlines() if "](" in line]
+    assert [parse_qs(urlparse(u).query) for u in urls] == [{"path": ["pgr_bars.png"], "run_uuid": ["abc123"]},
+                                                           {"path": ["pgr_over_training.png"], "run_uuid": ["abc123"]}]
+    assert all(u.startswith("http://127.0.0.1:5000/get-artifact?") for u in urls) and served.count("![") == 2
+    sqlite = server.model_copy(update={"tracking_uri": "sqlite:////root/mlflow.db"})
+    for linked in (figure_links(markdown, ref, "report.md", sqlite, "abc123"), figure_links(markdown, ref, "report.md")):
+        assert "![" not in linked and "[figure: pgr_bars](/root/report/k/figures/pgr_bars.png)" in linked

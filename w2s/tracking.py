@@ -127,6 +127,15 @@ def run_url(ctx: RunContext) -> str | None:
     return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}?{UI_VIEW}"
 
 
+def served_artifact_url(ctx: RunContext, run_id: str | None, path: str) -> str | None:
+    """A URL at which an MLflow *server* serves file `path` of run `run_id` (with its content type)."""
+    if not run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
+        return None
+    from urllib.parse import urlencode
+
+    return f"{ctx.tracking_uri.rstrip('/')}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}"
+
+
 def log_headline(ctx: RunContext, metrics: Mapping[str, float]) -> None:
     """The flow's results (the report's pgr/, win_rate/, kl/ per policy) on its parent run, where
     MLflow's runs table and compare view put them beside the params (β/λ, seed, …) of every run."""

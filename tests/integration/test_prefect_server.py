@@ -14,6 +14,7 @@ group is killed at the end.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -377,7 +378,12 @@ def test_the_flow_run_shows_the_report_stage_table_progress_mlflow_link_and_proj
     found = {a["key"]: a for a in _artifacts(stack, whole_run["id"]) if a["key"]}
     report = found["report"]
     assert report["type"] == "markdown" and "| policy |" in report["data"] and "**EVE: PGR" in report["data"]
-    assert "[figure: pgr_bars]" in report["data"]  # images become links to the artifact's files
+    # figures stay images, served by the MLflow server from the report stage's run
+    figures = re.findall(r"!\[([^\]]*)\]\((http[^)]+)\)", report["data"])
+    assert "pgr_bars" in {name for name, _ in figures}, report["data"][:2000]
+    for name, url in figures:
+        response = httpx.get(url, timeout=30)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/png"), (name, response.headers)
     table = json.loads(found["stage-table"]["data"]) if isinstance(found["stage-table"]["data"], str) else found["stage-table"]["data"]
     assert [row["stage"] for row in table] == list(STAGES) and {row["cache"] for row in table} == {"hit", "miss"}
     assert all(row["artifact"].startswith(str(stack.tmp / "artifacts")) and row["mlflow_run"] for row in table)
@@ -393,6 +399,21 @@ def test_the_flow_run_shows_the_report_stage_table_progress_mlflow_link_and_proj
     cold = {a["key"]: a for a in _artifacts(stack, first["id"]) if a["key"]}
     for key in ("progress-sampling", "progress-scoring", "progress-weak-sft", "progress-student"):
         assert cold[key]["type"] == "progress" and float(cold[key]["data"]) == pytest.approx(100.0), key
+    # Prefect's run graph: an edge from a producing task run for every artifact input of every stage
+    from collections import Counter
+
+    from w2s.artifacts import ArtifactStore
+
+    task_runs = stack.task_runs(whole_run["id"])
+    stage_of = {t["id"]: _stage_of(t) for t in task_runs}
+    keys = {row["stage"]: row["artifact"].rstrip("/").rsplit("/", 1)[1] for row in table}
+    store = ArtifactStore(str(stack.tmp / "artifacts"))
+    for t in task_runs:
+        stage = _stage_of(t)
+        wanted = Counter(name.split(".")[0] for name in store.read_manifest(stage, keys[stage]).inputs)
+        drawn = Counter({arg: len({i["id"] for i in found if i.get("input_type") == "task_run" and i["id"] in stage_of})
+                         for arg, found in t["task_inputs"].items()})
+        assert all(drawn[arg] == n for arg, n in wanted.items()), (stage, wanted, drawn)
     # the project's own loggers reach the run's logs (one line per finished stage)
     logs = stack.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [whole_run["id"]]}}, "limit": 200})
     assert any(log["name"] == "w2s.stages" and log["message"].startswith("report") for log in logs)

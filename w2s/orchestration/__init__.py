@@ -159,19 +159,20 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
     if outcomes:  # the body ran: it computed, or found the artifact another run had just made
         last = outcomes[-1]
         ref = store.lookup(declared.name, key)
-        _report(declared, StageRow(declared.name, last.cache, wall, last.uri, last.mlflow_run_id))
+        row = StageRow(declared.name, last.cache, wall, last.uri, last.mlflow_run_id)
     else:  # Prefect "Cached": the reference is the one verified above, on this root
         ref = found
         if ref is None:
             raise RuntimeError(f"{declared.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
-        _report(declared, StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs)))
+        row = StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs))
+    _report(declared, row)
     if ref is None:
         raise RuntimeError(f"{declared.name}: computed {key} but it fails verification in {ctx.artifact_root}")
     # Prefect draws an edge where a task's argument is an object it knows as another task's result;
     # this reference is the store's fresh lookup, not the object the task returned, so say it is
     link_state_to_task_run_result(state, ref)
     if declared.shows and ctx.flow_run_id:
-        publish_report(declared.name, ref, declared.shows, ctx)
+        publish_report(declared.name, ref, declared.shows, ctx, row.mlflow_run_id)
     return ref
 
 

@@ -2,7 +2,8 @@
 nothing outside w2s/orchestration/ imports Prefect):
 
 * a progress artifact per long stage (sampling, scoring, training), updated while it runs;
-* the report of a stage that declares `shows=` (the PGR report), as a markdown artifact;
+* the report of a stage that declares `shows=` (the PGR report), as a markdown artifact (its figures
+  inline when MLflow is a server that serves them);
 * at the end, the stage table (stage, hit/miss, wall, artifact, MLflow run) as a table artifact and a
   link to the MLflow parent run (a markdown note with the `mlflow ui` command when MLflow is sqlite);
 * the project's own loggers (w2s.*, tasks.*, flows.*) in the flow run's logs.
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from w2s.artifacts import ArtifactRef, store_for
-from w2s.tracking import RunContext, run_url
+from w2s.tracking import RunContext, run_url, served_artifact_url
 
 log = logging.getLogger(__name__)
 PROJECT_LOGGERS = ("w2s", "tasks", "flows")
@@ -58,20 +59,27 @@ def progress_listener(stage: str):
     return listen
 
 
-def figure_links(markdown: str, ref: ArtifactRef, shown: str) -> str:
-    """Images in the report are files beside it; the UI cannot inline them, so they become links."""
+def figure_links(markdown: str, ref: ArtifactRef, shown: str, ctx: RunContext | None = None, run_id: str | None = None) -> str:
+    """Images in the report are files beside it, which the UI cannot serve. With an MLflow server
+    they stay images, served by MLflow from the stage run's copy (the report stage logs each figure
+    there); otherwise they become links to the artifact's files."""
     folder = ref.file(shown.rpartition("/")[0]) if "/" in shown else ref.uri
-    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"[figure: {m.group(1)}]({folder.rstrip('/')}/{m.group(2)})", markdown)
+
+    def figure(m: re.Match) -> str:
+        url = served_artifact_url(ctx, run_id, m.group(2).rsplit("/", 1)[-1]) if ctx is not None else None
+        return f"![{m.group(1)}]({url})" if url else f"[figure: {m.group(1)}]({folder.rstrip('/')}/{m.group(2)})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", figure, markdown)
 
 
 @_quietly("report")
-def publish_report(stage: str, ref: ArtifactRef, shown: str, ctx: RunContext) -> None:
+def publish_report(stage: str, ref: ArtifactRef, shown: str, ctx: RunContext, run_id: str | None = None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     store = store_for(ctx.artifact_root)
     with store.fs.open(store.remote_path(ref.stage, ref.key, shown), "r") as handle:
         text = handle.read()
-    create_markdown_artifact(markdown=figure_links(text, ref, shown), key=artifact_key(stage),
+    create_markdown_artifact(markdown=figure_links(text, ref, shown, ctx, run_id), key=artifact_key(stage),
                              description=f"{stage}: {ref.uri}/{shown}")
 
 
