@@ -30,8 +30,9 @@ class ReportSlice(BaseModel):
 
 
 # 2: the teacher-signal section; 3: EVE vs each baseline, paired by seed; 4: per-seed values in pgr.json;
-# 6: EVE vs DPO at equal KL; win-rate and KL means as metrics (the flow's MLflow run shows them)
-@stage(version=6, reads=lambda config: ReportSlice(), shows="report.md")
+# 6: EVE vs DPO at equal KL; win-rate and KL means as metrics (the flow's MLflow run shows them);
+# 7: a provenance section (the code, each evaluation artifact and its seed), for a mailed copy
+@stage(version=7, reads=lambda config: ReportSlice(), shows="report.md")
 def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef], weights: ArtifactRef | None = None,
            signal: ArtifactRef | None = None) -> Body:
     """`weights`: the EVE weights artifact whose F-weight histogram joins the figures; `signal`: the
@@ -51,6 +52,7 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
                     names.append(name)
         images = [writer.dir / "figures" / name for name in names]
         sections = () if signal is None else (signal_markdown(json.loads((store.materialise(signal) / "signal.json").read_text())),)
+        sections += (provenance_lines(store, evaluations),)
         markdown = render_markdown(result, images, cfg.title, sections).replace("](", "](figures/")
         writer.write_bytes("report.md", markdown.encode())
         writer.write_bytes("report.html", render_html(markdown, images).encode())
@@ -65,3 +67,37 @@ def report(ctx: RunContext, cfg: ReportSlice, evaluations: dict[str, ArtifactRef
         return StageOutput(metrics, {"warnings": result.warnings})
 
     return body
+
+
+def provenance_lines(store, evaluations: dict[str, ArtifactRef]) -> list[str]:
+    """Where the numbers come from, so a copy read far from the run can be traced back: the code,
+    and each evaluation artifact (its key, content digest and seed). Deterministic on purpose (no
+    date, host or run ids): an interrupted and resumed run writes the same bytes as a clean one."""
+    rows = []
+    for label, ref in sorted(evaluations.items()):
+        manifest = store.read_manifest(ref.stage, ref.key)
+        seed = manifest.config.get("seed", "–") if manifest else "–"
+        rows.append(f"| {label} | `{ref.stage}/{ref.key}` | `{ref.digest[:16]}` | {seed} |")
+    return ["**Provenance**", "", f"Computed by {code_identity()} from these evaluation artifacts:", "",
+            "| evaluation | artifact | digest | seed |", "|---|---|---|---|", *rows]
+
+
+def code_identity() -> str:
+    """w2s's version and, in a git checkout, its commit (and whether tracked files differ from it)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    try:
+        identity = f"w2s {version('w2s')}"
+    except PackageNotFoundError:
+        identity = "w2s (not installed)"
+    git = ["git", "-C", str(Path(__file__).resolve().parents[1])]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30,
+                                 check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return identity  # an installed wheel or an image without .git
+    return f"{identity}, commit {commit}" + (" with uncommitted changes" if changed else "")
+

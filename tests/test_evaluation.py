@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from w2s.evaluation import k3_kl, k3_terms, mean_ci95, performance, pgr, win_rate
+from tests.conftest import REPO
 from w2s.report import Label, bar_policies, build_report, headline, matched_kl_rows, plot_report, render_html, render_markdown
 
 
@@ -237,3 +238,27 @@ def test_eve_and_dpo_are_compared_at_eves_kl_on_dpos_checkpoint_curve(tmp_path):
     images = plot_report(report, tmp_path)
     assert "gold_vs_kl_eve_dpo.png" in {p.name for p in images}
     assert "at equal KL" in render_markdown(report, images, "t")
+
+
+def test_the_report_names_its_code_and_each_evaluation_artifact_with_its_seed(ctx):
+    import subprocess
+
+    from pydantic import BaseModel
+
+    from tasks.report import provenance_lines
+    from w2s.artifacts import store_for
+    from w2s.stage import Stage, StageOutput, execute
+
+    class Seeded(BaseModel):
+        seed: int
+
+    def body(writer, run):
+        writer.write_json("samples.json", {"seed": run.run_id})
+        return StageOutput({})
+
+    refs = {label: execute(ctx, Stage(f"evaluate_{label}", 1), Seeded(seed=seed), {}, body) for label, seed in (("weak", 4), ("eve", 3))}
+    lines = provenance_lines(store_for(ctx.artifact_root), refs)
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    assert lines[2].startswith("Computed by w2s ") and f"commit {commit}" in lines[2]
+    assert lines[-2:] == [f"| eve | `evaluate_eve/{refs['eve'].key}` | `{refs['eve'].digest[:16]}` | 3 |",
+                          f"| weak | `evaluate_weak/{refs['weak'].key}` | `{refs['weak'].digest[:16]}` | 4 |"]
