@@ -211,3 +211,36 @@ def test_kept_engines_one_per_architecture_and_none_on_a_gpu(tiny_char_model_dir
     assert not warm.keep(started(tiny_char_model_dir))  # a GPU engine would hold memory a training stage needs
     warm.close_all()
     assert warm.idle == [] and not other.started
+
+
+def test_vllm_warns_of_no_fp32_to_bf16_load_but_of_every_other_dtype_mismatch():
+    """vLLM's loader warns per tensor whenever a stored dtype differs from the parameter's; w2s's
+    bf16 exports store fp32 weights on purpose (w2s/generation/vllm_swap.py), so that one case is dropped."""
+    import logging
+
+    from w2s.generation.vllm_swap import NARROWING, quiet_intended_narrowing
+
+    logger = logging.getLogger("vllm.model_executor.models.utils")
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    logger.addHandler(handler)
+    filters = list(logger.filters)
+    try:
+        quiet_intended_narrowing()
+        quiet_intended_narrowing()  # once per process, however often it is called
+        assert len(logger.filters) == len(filters) + 1
+        logger.warning(NARROWING, "model.layers.0.mlp.up_proj.weight", torch.float32, torch.bfloat16)
+        logger.warning(NARROWING, "model.norm.weight", torch.float16, torch.bfloat16)
+        logger.warning(NARROWING, "lm_head.weight", torch.float32, torch.float16)
+        logger.warning("Attempted to load nested weight %s", "x")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = filters
+    assert seen == ["Attempted to load weight model.norm.weight with dtype torch.float16 into parameter with dtype torch.bfloat16",
+                    "Attempted to load weight lm_head.weight with dtype torch.float32 into parameter with dtype torch.float16",
+                    "Attempted to load nested weight x"]

@@ -80,6 +80,9 @@ def main(in_fd: int, out_fd: int) -> int:
                 started = time.perf_counter()
                 from vllm import LLM
 
+                from w2s.generation.vllm_swap import quiet_intended_narrowing
+
+                quiet_intended_narrowing()  # the first load (the engine core is this process on CPU)
                 llm = LLM(**msg["llm"])
                 send({"ok": True, "init_s": time.perf_counter() - started, "vllm_version": _version()})
             elif msg["op"] == "generate":
