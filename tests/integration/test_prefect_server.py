@@ -440,7 +440,6 @@ def test_mlflow_shows_lineage_tables_system_metrics_and_registered_policies(stac
 
     first, _ = two_runs
     client = MlflowClient(tracking_uri=stack.mlflow)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
     store = ArtifactStore(str(stack.tmp / "artifacts"))
 
     cold, whole = stage_runs(client, first, stack.tmp), stage_runs(client, whole_run, stack.tmp)
