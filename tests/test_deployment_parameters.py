@@ -12,8 +12,8 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 
 from w2s.config import PipelineConfig
-from w2s.config.loading import ConfigError, load_config, with_values
-from w2s.config.presets import PRESETS, PipelinePreset, pipeline_config_of
+from w2s.config.loading import ConfigError, load_config, pipeline_config_of, with_values
+from w2s.config.presets import PRESETS, PipelinePreset
 from w2s.devices import check_pod_gpus
 from w2s.orchestration import embedded_default
 

@@ -303,6 +303,8 @@ def run_theory(path: str | None, overrides: list[str]) -> int:
 
 
 def summary_table(state, cfg, total_s: float) -> str:
+    from w2s.tracking import is_server
+
     rows = state.rows
     width = max([14] + [len(row.stage) for row in rows])
     header = f"{'stage':<{width}} {'cache':<6} {'wall':>8}  artifact"
@@ -313,7 +315,7 @@ def summary_table(state, cfg, total_s: float) -> str:
     lines.append(f"total {total_s:.1f}s")
     if report:
         lines.append(f"report: {report}/report.html")
-    if cfg.tracking_uri.startswith(("http://", "https://")):  # a server: open it, there is nothing to start
+    if is_server(cfg.tracking_uri):  # a server: open it, there is nothing to start
         lines.append(f"MLflow: {cfg.tracking_uri}")
     else:
         lines.append(f"MLflow: mlflow ui --backend-store-uri {cfg.tracking_uri}")

@@ -1,8 +1,8 @@
 """Which float format forwards and training run in: bf16 where the hardware computes it natively
 (a CUDA GPU, or a CPU with AMX or AVX512-BF16, where a bf16 GEMM runs ~7× an fp32 one on these
 machines), fp32 elsewhere: an AVX2-only CPU emulates bf16, and a tiny Llama's training step under
-bf16 autocast took 10× its fp32 step there (2-core EPYC, 2026-12-07). Numerics that need the range stay fp32 whatever this says: log-softmax
-and the summed sequence log-probs (w2s/scoring.py), the loss and its accumulation, and the weights
+bf16 autocast took 10× its fp32 step there (2-core EPYC, 2026-12-07). Numerics that need the range
+stay fp32 whatever this says: log-softmax and the summed sequence log-probs (w2s/scoring.py), the loss and its accumulation, and the weights
 and optimiser state: training in bf16 is autocast over fp32 weights (w2s/training/engine.py).
 
 `auto` is resolved before a stage's key is computed, so an artifact says which format made it and

@@ -51,6 +51,11 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_VIEW = "workflowType=machine_learning"
 
 
+def is_server(tracking_uri: str) -> bool:
+    """An MLflow tracking *server* (http), rather than a store this process opens itself."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 def _client(tracking_uri: str):
     """An MlflowClient; a sqlite database is created/migrated by one process at a time (two runs
     starting together on a fresh root would otherwise both migrate it and leave it half-done)."""
@@ -97,7 +102,7 @@ def artifact_location(ctx: RunContext) -> str | None:
     proxies artifact uploads by default), since a path on the client's disk is one that colleagues
     reading the server cannot open."""
     local = local_path_of(ctx.artifact_root)
-    if local is not None and ctx.tracking_uri.startswith(("http://", "https://")):
+    if local is not None and is_server(ctx.tracking_uri):
         return None
     if local is not None:
         return (local.absolute() / "mlflow-artifacts").as_uri()
@@ -122,14 +127,14 @@ def start_flow_run(ctx: RunContext, flow_name: str, params: Mapping[str, Any], t
 
 def run_url(ctx: RunContext) -> str | None:
     """The MLflow UI page of the flow's parent run when MLflow is a server."""
-    if not ctx.parent_run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
+    if not ctx.parent_run_id or not is_server(ctx.tracking_uri):
         return None
     return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{experiment_id(ctx)}/runs/{ctx.parent_run_id}?{UI_VIEW}"
 
 
 def served_artifact_url(ctx: RunContext, run_id: str | None, path: str) -> str | None:
     """A URL at which an MLflow *server* serves file `path` of run `run_id` (with its content type)."""
-    if not run_id or not ctx.tracking_uri.startswith(("http://", "https://")):
+    if not run_id or not is_server(ctx.tracking_uri):
         return None
     from urllib.parse import urlencode
 

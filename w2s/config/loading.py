@@ -12,7 +12,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -306,3 +306,21 @@ def with_values(cfg: PipelineConfig, **values: Any) -> PipelineConfig:
             node = node[part]
         node[last] = value
     return validate_mapping(raw, "sweep point")
+
+
+def pipeline_config_of(form, preset: str | None, default):
+    """The config a flow run uses: the named preset's, or else the form's. Both at once is an
+    error, not a silent choice: a form that differs from the flow's `default` and a preset name
+    could each be what the researcher meant."""
+    if preset is None:
+        return form
+    from w2s.config.presets import PipelinePreset
+
+    if preset not in get_args(PipelinePreset):
+        raise ConfigError(f"preset {preset!r}: one of {', '.join(get_args(PipelinePreset))}")
+    if form != default:
+        defaults = default.model_dump()
+        changed = sorted(k for k, v in form.model_dump().items() if v != defaults[k])
+        raise ConfigError(f"preset {preset!r} and an edited config form ({', '.join(changed)}) were both given; "
+                          "choose one (leave the form at its defaults to run a preset)")
+    return load_config(preset)  # resolves the shipped preset of that name

@@ -11,7 +11,7 @@ schedule runs `preset: tldr_llama3b`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 EMBEDDED_DEFAULT = PRESETS / "pipeline_config.yaml"
@@ -36,19 +36,3 @@ def resolve(path: str | Path) -> Path:
 # equal to the presets that validate as a PipelineConfig.
 PipelinePreset = Literal["pipeline_config", "tiny", "tldr_llama3b", "tldr_rehearsal"]
 
-
-def pipeline_config_of(form, preset: str | None, default):
-    """The config a flow run uses: the named preset's, or else the form's. Both at once is an
-    error, not a silent choice: a form that differs from the flow's `default` and a preset name
-    could each be what the researcher meant."""
-    if preset is None:
-        return form
-    from w2s.config.loading import ConfigError, load_config
-
-    if preset not in get_args(PipelinePreset):
-        raise ConfigError(f"preset {preset!r}: one of {', '.join(get_args(PipelinePreset))}")
-    if form != default:
-        changed = sorted(k for k, v in form.model_dump().items() if v != default.model_dump()[k])
-        raise ConfigError(f"preset {preset!r} and an edited config form ({', '.join(changed)}) were both given; "
-                          "choose one (leave the form at its defaults to run a preset)")
-    return load_config(resolve(preset))

@@ -12,7 +12,6 @@ whose weight vLLM removed after packing were loaded, and so repacked, by the rel
 
 from __future__ import annotations
 
-
 import logging
 
 NARROWING = "Attempted to load weight %s with dtype %s into parameter with dtype %s"

@@ -221,11 +221,12 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
     as its params), with summary rows; ends quietly after the `until` stage. A `preset` replaces
     the form's config (w2s/config/presets.py); the flow body reads `state.config`. Misnamed stages
     in `config.orchestration` fail here, before any compute."""
-    from w2s.config.presets import pipeline_config_of
+    from w2s.config.loading import pipeline_config_of
     from w2s.generation import keep_engines_warm
     from w2s.tracking import end_flow_run, log_headline, log_stage_table, start_flow_run
 
-    config = pipeline_config_of(config, preset, embedded_default())
+    if preset is not None:  # the form's default (a YAML load) only when it is compared
+        config = pipeline_config_of(config, preset, embedded_default())
     ctx = ctx or config.run_context()
     if _tracing.get():  # flow_stages: no tracking, the tracer's runner stays
         yield PipelineState(ctx=ctx, until=None, config=config)
