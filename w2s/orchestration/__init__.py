@@ -219,7 +219,7 @@ def pipeline_run(config: Any, flow_name: str, until: str | None = None, ctx: Run
                  preset: str | None = None) -> Iterator[PipelineState]:
     """One flow run: its stages run as Prefect tasks under a parent MLflow run (the flow's config
     as its params), with summary rows; ends quietly after the `until` stage. A `preset` replaces
-    the form's config (w2s/config/presets.py); the flow body reads `state.config`. Misnamed stages
+    the form's config (w2s/config/loading.py pipeline_config_of); the flow body reads `state.config`. Misnamed stages
     in `config.orchestration` fail here, before any compute."""
     from w2s.config.loading import pipeline_config_of
     from w2s.generation import keep_engines_warm
