@@ -1,4 +1,4 @@
-"""Several DeepSpeed ranks (CPU over gloo, launched by this environment's `deepspeed` runner): for
+"""Several DeepSpeed ranks (CPU over gloo, launched by DeepSpeed's per-node launcher of this environment): for
 the same global batch, 2 ranks end with the weights of 1 rank, for sft, dpo and weighted_mle, and
 the stages' own config classes travel to the ranks (any TrainConfig subclass)."""
 

@@ -24,12 +24,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import fsspec
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from w2s.files import TMP_PREFIX, atomic_write_bytes, file_digest, fsync_dir, temp_beside  # noqa: F401  (re-exported)
+from w2s.files import TMP_PREFIX, atomic_write_bytes, file_digest, fsync_dir, inside, temp_beside  # noqa: F401  (re-exported)
 
 MANIFEST = "manifest.json"
 
@@ -57,7 +57,7 @@ def cache_key(stage: str, version: int, config_slice: Mapping[str, Any], input_d
 
 class FileEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    path: str
+    path: Annotated[str, AfterValidator(inside)]  # a manifest listing '/etc/x' or '../x' is no manifest
     sha256: str
     bytes: int
     rows: int | None = None
@@ -107,7 +107,8 @@ def sha256_file(path: Path) -> str:
 
 
 # Files a stage keeps beside its outputs while it runs; never part of a manifest.
-HIDDEN = (".partial", ".resume", ".lock", TMP_PREFIX)
+STRAY = ".stray"  # files found in a stage folder that the stage did not write (w2s/writer.py)
+HIDDEN = (".partial", ".resume", ".lock", STRAY, TMP_PREFIX)
 
 
 def is_hidden(relpath: str) -> bool:
@@ -249,11 +250,12 @@ class ArtifactStore:
         from w2s.locks import exclusive
 
         if self.local_root is not None:
-            path = self.local_root / stage / ".locks" / f"{key}.lock"
+            within, path = self.local_root, self.local_root / stage / ".locks" / f"{key}.lock"
         else:  # remote roots: serialises the runs of this machine (docs/architecture.md, "Concurrency")
             where = hashlib.sha256(self.root.encode()).hexdigest()[:12]
-            path = Path(tempfile.gettempdir()) / "w2s-locks" / where / stage / f"{key}.lock"
-        with exclusive(path, on_wait):
+            within = Path(tempfile.gettempdir())
+            path = within / "w2s-locks" / where / stage / f"{key}.lock"
+        with exclusive(path, on_wait, within=within):
             yield
 
     def invalidate(self, stage: str, key: str) -> None:

@@ -12,6 +12,36 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"
 
 
+class UnsafePath(ValueError):
+    """A path read from the artifact root (a manifest, a seal) that would leave its folder."""
+
+
+def inside(relpath: str) -> str:
+    """`relpath` itself when it names a place strictly inside a folder: relative, POSIX, normalised
+    (no '', '.', '..' parts, no backslash or NUL). Manifests and seals on a shared root are written by
+    whoever can write the root; a listed path is joined onto a local folder only after this check, so
+    an absolute or '../' entry can never direct a download or a write outside it."""
+    parts = relpath.split("/") if isinstance(relpath, str) else [""]
+    if not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(f"{relpath!r} is not a relative path inside its folder")
+    return relpath
+
+
+def refuse_links(base: Path, path: Path) -> None:
+    """Raises UnsafePath when a folder or file between `base` (itself may be a link: a root placed on
+    another disk) and `path` is a symbolic link: one planted on a shared root would make this process
+    write wherever it points."""
+    try:
+        parts = Path(path).relative_to(base).parts
+    except ValueError:
+        raise UnsafePath(f"{path} is not inside {base}") from None
+    current = Path(base)
+    for part in parts:
+        current = current / part
+        if current.is_symlink():
+            raise UnsafePath(f"{current} is a symbolic link: refusing to write through it (who planted it?)")
+
+
 def temp_beside(path: Path) -> Path:
     """A unique temporary name next to `path`, renamed onto it once whole."""
     return path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")

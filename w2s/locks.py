@@ -14,13 +14,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from w2s.files import UnsafePath, refuse_links
+
 
 @contextmanager
-def exclusive(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+def exclusive(path: Path, on_wait: Callable[[], None] | None = None, within: Path | None = None) -> Iterator[None]:
     """Holds an exclusive lock on `path` (created if needed); `on_wait` is called once if another
-    process holds it, before blocking until it is released."""
+    process holds it, before blocking until it is released. The lock file is opened without following
+    a symbolic link, and with `within`, no folder between it and `path` may be one: a link planted
+    where a lock lives would otherwise have this process truncate and write the file it points to."""
+    if within is not None:
+        refuse_links(within, path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if within is not None:
+        refuse_links(within, path.parent)  # a link placed between the check and mkdir
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if path.is_symlink():
+            raise UnsafePath(f"lock file {path} is a symbolic link: refusing to write through it (who planted it?)") from error
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -47,6 +47,7 @@ def run_training(writer: StageWriter, run: StageRun, cfg: TrainingSlice, objecti
                  data_files: Sequence[Path]) -> StageOutput:
     from w2s.training import train
 
+    writer.claim("model")  # the trainer exports it into writer.dir; checkpoints and resume state it seals
     result = train(cfg.train, cfg.engine, objective, base_model, [str(p) for p in data_files], writer.dir,
                    run=run, seed=cfg.seed, on_step=lambda step, _: faults.checkpoint(writer.stage, step),
                    partial=writer.partial)

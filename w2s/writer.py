@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from w2s.artifacts import MANIFEST, ArtifactRef, ArtifactStore, FileEntry, Manifest, is_hidden
-from w2s.files import atomic_write_bytes, file_digest, fsync_dir, temp_beside
+from w2s.artifacts import MANIFEST, STRAY, ArtifactRef, ArtifactStore, FileEntry, Manifest, is_hidden
+from w2s.files import atomic_write_bytes, file_digest, fsync_dir, inside, temp_beside
 from w2s.partial import SEALS, PartialFiles
+
+log = logging.getLogger(__name__)
 
 
 def staging_dir(store: ArtifactStore, stage: str, key: str) -> Path:
@@ -61,11 +64,12 @@ class RemoteMirror:
             raw = self.store.fs.cat_file(self._remote(seal_rel))
             seal = json.loads(raw)
             files = seal["files"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            parent = Path(relpath).parent.as_posix()
+            # the seal is the bucket's word: a listed name that leaves the piece's folder is no piece
+            names = [inside(name if parent == "." else f"{parent}/{name}") for name in files]
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return False
-        parent = Path(relpath).parent.as_posix()
-        for name in files:
-            rel = name if parent == "." else f"{parent}/{name}"
+        for rel in names:
             target = self.local / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -98,6 +102,7 @@ class StageWriter:
         self.mirror = RemoteMirror(store, stage, key, self.dir) if self.remote else None
         self.partial = PartialFiles(self.dir, self.mirror)
         self._rows: dict[str, int] = {}
+        self._produced: set[str] = set()
         # A manifest from an earlier computation under this key is stale once we are rewriting.
         store.invalidate(stage, key)
         if fresh:
@@ -112,9 +117,36 @@ class StageWriter:
         return None  # leaving by an exception writes no manifest; sealed pieces stay for a rerun
 
     def path(self, relpath: str) -> Path:
+        """Where the stage writes `relpath` (a file, or a folder a library fills); only what was
+        handed out here, claimed, or sealed becomes part of the artifact."""
+        self.claim(relpath)
         target = self.dir / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
+
+    def claim(self, relpath: str) -> None:
+        """`relpath` (a file or folder the stage wrote under `dir` by other means, e.g. the trainer's
+        `model/`) is the stage's own output."""
+        self._produced.add(inside(relpath))
+
+    def _is_produced(self, rel: str) -> bool:
+        return any(rel == own or rel.startswith(f"{own}/") for own in self._produced)
+
+    def _set_aside_strays(self) -> None:
+        """Files in the folder that this stage neither wrote nor sealed (a copy someone made beside
+        the shards, a leftover of another version) move to `.stray/`, which no manifest lists: they
+        never become part of the artifact, and nothing of theirs is deleted."""
+        for seal in (self.dir / SEALS).rglob("*.json"):
+            piece = seal.relative_to(self.dir / SEALS).as_posix().removesuffix(".json")
+            if self.partial.read_seal(piece) is not None:
+                self._produced.add(piece)
+        for path in sorted(self.dir.rglob("*")):
+            rel = path.relative_to(self.dir).as_posix()
+            if path.is_file() and rel != MANIFEST and not is_hidden(rel) and not self._is_produced(rel):
+                aside = self.dir / STRAY / rel
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, aside)
+                log.warning("%s: %s is not this stage's output; moved to %s, left out of the artifact", self.stage, rel, aside)
 
     def reuse(self, relpath: str) -> bool:
         """A whole, sealed piece from an earlier, interrupted attempt whose seal still matches;
@@ -162,6 +194,7 @@ class StageWriter:
         self.seal(relpath)
 
     def _entries(self) -> list[FileEntry]:
+        self._set_aside_strays()
         entries = []
         for path in sorted(self.dir.rglob("*")):
             rel = path.relative_to(self.dir).as_posix()

@@ -7,7 +7,32 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-PositiveInt = Annotated[int, Field(ge=1)]
+# Every integer of every schema has an upper bound (tests/test_config_bounds.py enumerates them), so
+# `--set data.n_test=99999999999999999999` is one line at load time, not gigabytes of data built before
+# something else refuses it. The bounds sit far above the paper's setting (§9: 92k preference pairs,
+# 40k student prompts, K = 4, 53-token summaries, 3B models on 8 GPUs) and below what overflows or
+# cannot fit any one machine's memory.
+MAX_ROWS = 10_000_000  # pairs, prompts, rows per shard: ~100x the paper's largest split
+MAX_TOKENS = 1_048_576  # lengths and token budgets (2^20)
+MAX_BATCH = 65_536  # sequences per optimiser step or forward pass
+MAX_STEPS = 100_000_000  # optimiser steps, warm-up, checkpoint and log intervals
+MAX_WIDTH = 1_048_576  # model dimensions
+MAX_COUNT = 4_096  # layers, heads, devices, nodes, retries, shots, bins, seeds per sweep
+MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_SECONDS = 30 * 86_400
+
+
+def bounded(low: int, high: int) -> type[int]:
+    return Annotated[int, Field(ge=low, le=high)]  # type: ignore[return-value]
+
+
+PositiveInt = bounded(1, MAX_COUNT)
+Rows = bounded(1, MAX_ROWS)
+Tokens = bounded(1, MAX_TOKENS)
+Batch = bounded(1, MAX_BATCH)
+Steps = bounded(1, MAX_STEPS)
+Width = bounded(1, MAX_WIDTH)
+Seed = bounded(0, MAX_SEED)
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 

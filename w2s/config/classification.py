@@ -8,13 +8,12 @@ changing `aux.alpha_max` reruns the w2s stage and the report, never feature extr
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from w2s.config import HFSource, ModelSpec, RunConfig, RunScoped, Section
-
-PositiveInt = Annotated[int, Field(ge=1)]
+from w2s.config.base import MAX_COUNT, Batch, PositiveInt, Rows, Seed, Steps, Tokens, Width
 
 
 class ReviewTaskConfig(Section):
@@ -45,10 +44,10 @@ class HFClassificationData(HFSource):
 
 class ClsDataConfig(Section):
     source: Literal["synthetic", "hf"] = "synthetic"
-    seed: int = Field(0, description="Seed of the examples and of the three splits.")
-    n_weak_train: PositiveInt = Field(400, description="Half A: the weak model's ground-truth training set.")
-    n_w2s_train: PositiveInt = Field(400, description="Half B: weak labels train the strong model; its ground truth trains the ceiling.")
-    n_test: PositiveInt = Field(400, description="Held-out test set for every metric.")
+    seed: Seed = Field(0, description="Seed of the examples and of the three splits.")
+    n_weak_train: Rows = Field(400, description="Half A: the weak model's ground-truth training set.")
+    n_w2s_train: Rows = Field(400, description="Half B: weak labels train the strong model; its ground truth trains the ceiling.")
+    n_test: Rows = Field(400, description="Held-out test set for every metric.")
     synthetic: ReviewTaskConfig = ReviewTaskConfig()
     hf: HFClassificationData | None = None
 
@@ -78,17 +77,17 @@ class ClsModelsConfig(Section):
 
 class FeaturesConfig(Section):
     pooling: Literal["mean", "last"] = Field("mean", description="Pool hidden states over the tokens: mean, or the last token.")
-    max_length: PositiveInt = 64
-    batch_size: PositiveInt = 32
+    max_length: Tokens = 64
+    batch_size: Batch = 32
 
 
 class HeadConfig(Section):
     """A head trained on frozen LM features (the deviation from full fine-tuning: docs/classification.md)."""
 
     kind: Literal["linear", "mlp"] = Field("mlp", description="linear: a linear probe; mlp: one hidden layer (stands in for fine-tuning).")
-    hidden: PositiveInt = 256
-    epochs: PositiveInt = 20
-    batch_size: PositiveInt = 32
+    hidden: Width = 256
+    epochs: Steps = 20
+    batch_size: Batch = 32
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
 
@@ -106,7 +105,8 @@ class ClsEvalConfig(Section):
 
 
 class EpochsAblationConfig(Section):
-    epochs: list[PositiveInt] = Field([1, 2, 4, 8, 16, 32, 64], description="Epoch counts at which the w2s student is evaluated (papers/001 §4.3).")
+    epochs: list[Steps] = Field([1, 2, 4, 8, 16, 32, 64], max_length=MAX_COUNT,
+                                description="Epoch counts at which the w2s student is evaluated (papers/001 §4.3).")
 
 
 class ClassificationConfig(RunScoped):
@@ -129,13 +129,13 @@ class FeatureSlice(Section):
 
 class TeacherSlice(Section):
     head: HeadConfig
-    seed: int
+    seed: Seed
     ece_bins: PositiveInt
 
 
 class StudentSlice(Section):
     head: HeadConfig
-    seed: int
+    seed: Seed
     evaluation: ClsEvalConfig
     aux: AuxLossConfig | None = None
     epochs: list[PositiveInt] | None = None

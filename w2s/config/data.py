@@ -7,15 +7,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from w2s.config.base import PositiveInt, Section
+from w2s.config.base import MAX_COUNT, MAX_ROWS, Rows, Section, Seed
 from w2s.content import content_input
 
 
 class SyntheticTaskConfig(Section):
     """The embedded controlled-summarisation task (w2s/data/synthetic.py documents it)."""
 
-    min_filler: int = Field(2, ge=0, description="Filler sentences per post, lower bound.")
-    max_filler: int = Field(5, ge=0, description="Filler sentences per post, upper bound.")
+    min_filler: int = Field(2, ge=0, le=MAX_COUNT, description="Filler sentences per post, lower bound.")
+    max_filler: int = Field(5, ge=0, le=MAX_COUNT, description="Filler sentences per post, upper bound.")
 
     @model_validator(mode="after")
     def _bounds(self) -> SyntheticTaskConfig:
@@ -59,12 +59,12 @@ class HFDataConfig(HFSource):
 
 class DataConfig(Section):
     source: Literal["synthetic", "hf"] = "synthetic"
-    seed: int = Field(0, description="Seed of the data splits; fixed across training seeds.")
-    n_preference: PositiveInt = Field(512, description="Gold-labelled preference pairs (weak SFT/DPO).")
-    n_weak_demo: PositiveInt = Field(128, description="Prompts the weak teacher answers (D_weak).")
-    n_exemplar_pool: int = Field(8, ge=2, description="Held-out prompts the 2 exemplars come from.")
-    n_student: PositiveInt = Field(128, description="Prompts the strong reference samples K times.")
-    n_test: PositiveInt = Field(64, description="Evaluation prompts (paper: 256).")
+    seed: Seed = Field(0, description="Seed of the data splits; fixed across training seeds.")
+    n_preference: Rows = Field(512, description="Gold-labelled preference pairs (weak SFT/DPO).")
+    n_weak_demo: Rows = Field(128, description="Prompts the weak teacher answers (D_weak).")
+    n_exemplar_pool: int = Field(8, ge=2, le=MAX_ROWS, description="Held-out prompts the 2 exemplars come from.")
+    n_student: Rows = Field(128, description="Prompts the strong reference samples K times.")
+    n_test: Rows = Field(64, description="Evaluation prompts (paper: 256).")
     synthetic: SyntheticTaskConfig = SyntheticTaskConfig()
     hf: HFDataConfig | None = None
 

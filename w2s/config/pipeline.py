@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from w2s.content import content_input
-from w2s.config.base import Fraction, PositiveInt, Section
+from w2s.config.base import MAX_COUNT, MAX_STEPS, Batch, Fraction, PositiveInt, Rows, Section, Seed, Steps, Tokens, Width
 from w2s.config.data import DataConfig, HFDataConfig, HFPromptSource, HFSource, SyntheticTaskConfig  # noqa: F401
 from w2s.config.engines import (  # noqa: F401  (re-exported: w2s.config is where sections are imported from)
     EnginesConfig,
@@ -27,10 +27,12 @@ from w2s.config.engines import (  # noqa: F401  (re-exported: w2s.config is wher
     TrainingEngineConfig,
 )
 
+MAX_K = 1_024  # samples per prompt (paper: 4); n_student × K is bounded as well (MAX_SAMPLED_ROWS)
+
 
 # --------------------------------------------------------------------------------------- run / data
 class RunConfig(Section):
-    seed: int = Field(0, description="Seed for sampling and training (data has its own seed).")
+    seed: Seed = Field(0, description="Seed for sampling and training (data has its own seed).")
     artifact_root: str = Field(
         "artifacts", min_length=1, pattern=r"\S", description="Folder or fsspec URL (s3://...) holding every stage's artifacts."
     )
@@ -50,11 +52,11 @@ class TinyModelConfig(Section):
     architecture: Literal["llama", "gpt2"] = Field(
         "llama", description="llama: LlamaForCausalLM; gpt2: GPT2LMHeadModel (learned positions, LayerNorm, GELU MLP), "
         "the paper's weak-teacher family.")
-    hidden_size: PositiveInt = 64
+    hidden_size: Width = 64
     num_layers: PositiveInt = 2
     num_heads: PositiveInt = 4
-    intermediate_size: PositiveInt = 128
-    max_position_embeddings: PositiveInt = 1024
+    intermediate_size: Width = 128
+    max_position_embeddings: Tokens = 1024
     tokenizer: Literal["smollm2", "char"] = Field(
         "smollm2", description="'smollm2': SmolLM2's BPE; 'char': a small byte-level tokenizer (differs)."
     )
@@ -67,8 +69,8 @@ class ModelSpec(Section):
         "hf: a local HF folder or a hub id; tiny_random: random init from `tiny`.",
     )
     path: str | None = content_input(None, description="HF folder (keyed by content) or hub id (source 'hf').")
-    truncate_layers: int | None = Field(
-        None, ge=1, description="Keep only the first N decoder layers (a cheap, clearly weaker model)."
+    truncate_layers: PositiveInt | None = Field(
+        None, description="Keep only the first N decoder layers (a cheap, clearly weaker model)."
     )
     tiny: TinyModelConfig = TinyModelConfig()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -88,7 +90,7 @@ class GoldRewardSpec(Section):
         "hf_classifier: an AutoModelForSequenceClassification reward model at `path`.",
     )
     path: str | None = content_input(None, description="The reward model's HF folder (keyed by content) or hub id.")
-    batch_size: PositiveInt = 16
+    batch_size: Batch = 16
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Format of the reward model's forwards (hf_classifier). No 'auto': the yardstick of every "
         "PGR must not change with the machine; bf16 for an 8B RM on GPUs (configs/tldr_llama3b.yaml).")
@@ -109,8 +111,8 @@ class ModelsConfig(Section):
 # ---------------------------------------------------------------------------------------- training
 class LoraConfig(Section):
     enabled: bool = False
-    r: PositiveInt = 16
-    alpha: PositiveInt = 32
+    r: Width = 16
+    alpha: Width = 32
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -119,17 +121,17 @@ class TrainConfig(Section):
     """Shared by every training stage. Paper §9.2 (GPU): batch 128, lr 1e-6, cosine, warmup 150."""
 
     learning_rate: float = Field(1e-6, gt=0, allow_inf_nan=False)
-    warmup_steps: int = Field(150, ge=0)
+    warmup_steps: int = Field(150, ge=0, le=MAX_STEPS)
     max_warmup_fraction: Fraction = Field(
         0.5, description="Warm-up takes at most this fraction of the stage's own optimiser steps, so every stage "
         "reaches its peak lr and decays: the paper's 150 steps exceed whole baseline runs at its data sizes "
         "(issue #16, E3). 1.0 keeps warmup_steps as given.")
     lr_scheduler: Literal["cosine", "constant"] = "cosine"
-    batch_size: PositiveInt = Field(128, description="Sequences per optimiser step (global).")
-    micro_batch_size: PositiveInt = Field(8, description="Sequences per forward pass per device.")
+    batch_size: Batch = Field(128, description="Sequences per optimiser step (global).")
+    micro_batch_size: Batch = Field(8, description="Sequences per forward pass per device.")
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
-    max_seq_len: PositiveInt = 512
+    max_steps: Steps | None = Field(None, description="Stop after this many optimiser steps.")
+    max_seq_len: Tokens = 512
     on_overlong: Literal["truncate", "error"] = "truncate"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
@@ -138,8 +140,8 @@ class TrainConfig(Section):
         [1.0], description="Fractions of the run at which a checkpoint artifact is kept."
     )
     lora: LoraConfig = LoraConfig()
-    checkpoint_every_steps: int | None = Field(
-        None, ge=1, description="Also keep a checkpoint artifact every N optimiser steps."
+    checkpoint_every_steps: Steps | None = Field(
+        None, description="Also keep a checkpoint artifact every N optimiser steps."
     )
     normalisation: Literal["sequence_mean", "token_mean"] = Field(
         "token_mean",
@@ -174,7 +176,7 @@ class StudentConfig(TrainConfig):
 class GenerationParams(Section):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: PositiveInt = 64
+    max_tokens: Tokens = 64
     stop: list[str] = ["\n\n"]
     on_overlong_prompt: Literal["error", "skip"] = Field(
         "error", description="A prompt with no room for max_tokens in the context: fail, or drop the row (counted, logged)."
@@ -183,27 +185,27 @@ class GenerationParams(Section):
 
 class WeakDemosConfig(GenerationParams):
     temperature: float = Field(0.7, ge=0)
-    n_eval_prompts: PositiveInt = Field(32, description="Test prompts on which π_weak_ref and π_weak are scored by the gold reward.")
+    n_eval_prompts: Rows = Field(32, description="Test prompts on which π_weak_ref and π_weak are scored by the gold reward.")
 
 
 class SamplingConfig(GenerationParams):
-    k: int = Field(4, ge=2, description="Samples per student prompt (K ≥ 2: weights normalise over K).")
-    num_shots: int = Field(2, ge=0, description="Weak-teacher exemplars in the few-shot prompt (§9.6).")
+    k: int = Field(4, ge=2, le=MAX_K, description="Samples per student prompt (K ≥ 2: weights normalise over K).")
+    num_shots: int = Field(2, ge=0, le=MAX_COUNT, description="Weak-teacher exemplars in the few-shot prompt (§9.6).")
     # §9.6 "randomly sample 2 prompts on a held-out set": per_prompt draws them for each student prompt
     # (seeded by its id), so no single draw of two answers sets the quality of every strong sample;
     # shared draws one set for the run (one common prefix, which vLLM's prefix cache computes once).
     exemplars: Literal["per_prompt", "shared"] = Field(
         "per_prompt", description="Draw the num_shots exemplars from the held-out pool for each student prompt, or once for all."
     )
-    shard_rows: PositiveInt = Field(512, description="Rows per Parquet shard (resume granularity).")
+    shard_rows: Rows = Field(512, description="Rows per Parquet shard (resume granularity).")
     template: Literal["tldr", "instruction"] = Field(
         "tldr", description="Few-shot template (§9.6): 'prompt TL;DR: response' or 'User: … Assistant: …'."
     )
 
 
 class ScoringConfig(Section):
-    batch_tokens: PositiveInt = Field(8192, description="Token budget of one length-bucketed batch.")
-    max_length: PositiveInt | None = Field(None, description="Truncate to this; default model context.")
+    batch_tokens: Tokens = Field(8192, description="Token budget of one length-bucketed batch.")
+    max_length: Tokens | None = Field(None, description="Truncate to this; default model context.")
     # fp32 by default: the log-ratio is a difference of two sums of ~50 token log-probs, and bf16
     # forwards move it by 0.34 nats on average (its spread across rows is 2.3) and change the
     # top-weighted sample of 12 % of prompts (bench/precision.py, embedded default) for a 1.9×
@@ -237,12 +239,12 @@ class EvaluationConfig(GenerationParams):
     KL of the untempered π_θ from tempered samples (biased; documented in w2s/evaluation.py)."""
 
     temperature: float = Field(1.0, ge=0)
-    n_prompts: PositiveInt | None = Field(None, description="Default: all of data.n_test.")
+    n_prompts: Rows | None = Field(None, description="Default: all of data.n_test.")
     checkpoints: bool = Field(True, description="Also evaluate intermediate checkpoints (PGR over training, fig. 3).")
     kl_checkpoints: Literal["all", "final"] = Field(
         "all", description="Where the k3 KL is estimated: at every evaluated checkpoint (the reward-KL curve of fig. 9) "
         "or at the final model only (one π_ref pass instead of one per checkpoint; PGR over training is unaffected).")
-    score_batch_tokens: PositiveInt = Field(4096, description="Token budget of one log-prob batch (KL).")
+    score_batch_tokens: Tokens = Field(4096, description="Token budget of one log-prob batch (KL).")
     score_precision: Literal["as_sampled", "auto", "fp32", "bf16"] = Field(
         "as_sampled", description="Format of the KL log-prob forwards. as_sampled: each model in the format the "
         "generation backend computed it in (vLLM: the dtype its config.json declares, bf16 for a bf16-trained model), "
@@ -300,8 +302,8 @@ class SweepConfig(Section):
     """What `w2s sweep` varies (figures 5, 6); each point recomputes only what its change touches."""
 
     beta_over_lambda: list[Annotated[float, Field(gt=0)]] = [0.1, 0.5, 1.0, 2.0, 10.0, math.inf]
-    k: list[Annotated[int, Field(ge=2)]] = Field([], description="Samples per prompt (fig. 6); e.g. [2, 4, 8].")
-    seeds: list[int] = Field([0], description="run.seed values; results are mean ± 95 % CI over them.")
+    k: list[Annotated[int, Field(ge=2, le=MAX_K)]] = Field([], description="Samples per prompt (fig. 6); e.g. [2, 4, 8].")
+    seeds: list[Seed] = Field([0], max_length=MAX_COUNT, description="run.seed values; results are mean ± 95 % CI over them.")
     baselines: bool = Field(True, description="Every baseline on each seed; false: the eve flow's policies only "
                             "(π_weak, π_ref_strong, the ceiling, EVE, naive SFT), as `w2s run` trains them.")
 

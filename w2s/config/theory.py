@@ -7,13 +7,12 @@ the paper's sizes. Artifact root and MLflow come from the shared `RunConfig`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from w2s.config import RunConfig, RunScoped, Section
-
-PositiveInt = Annotated[int, Field(ge=1)]
+from w2s.config.base import PositiveInt, Rows, Seed, Steps, Width
 Loss = Literal["squared", "reverse_kl", "forward_kl"]
 Setting = Literal["realizable", "pretrain", "perturb"]
 
@@ -24,22 +23,22 @@ class TheoryConfig(Section):
     `n_points` (weak, w2s and test samples: 2000 in the paper, 1000 here); the pre-training budget is
     ours (not given in the paper)."""
 
-    seed: int = Field(0, description="Seeds the ground truth, the tasks, every sample and every init.")
-    input_dim: PositiveInt = Field(8, description="x ~ N(0, input_std² I) in R^input_dim.")
+    seed: Seed = Field(0, description="Seeds the ground truth, the tasks, every sample and every init.")
+    input_dim: Width = Field(8, description="x ~ N(0, input_std² I) in R^input_dim.")
     input_std: float = Field(1.0, gt=0, description="Spread of x (a deviation: see docs/theory.md).")
-    rep_dim: PositiveInt = Field(16, description="Width of every hidden layer and of the representation.")
+    rep_dim: Width = Field(16, description="Width of every hidden layer and of the representation.")
     truth_layers: PositiveInt = Field(16, description="Linear layers of the ground-truth representation h*.")
     weak_layers: PositiveInt = Field(2, description="Linear layers of the weak representation h_w.")
     strong_layers: PositiveInt = Field(8, description="Linear layers of the strong representation h_s.")
-    n_pretrain_tasks: PositiveInt = Field(20, description="Tasks h_w and h_s are pre-trained on.")
-    n_finetune_tasks: PositiveInt = Field(100, description="New tasks: one point per task in each plot.")
-    n_points: PositiveInt = Field(1000, description="Points in each of the weak, w2s and test samples.")
-    n_pretrain_points: PositiveInt = Field(2000, description="Points in the pre-training sample (shared by its tasks).")
-    pretrain_steps: PositiveInt = Field(600, description="Full-batch Adam steps of representation pre-training.")
+    n_pretrain_tasks: Rows = Field(20, description="Tasks h_w and h_s are pre-trained on.")
+    n_finetune_tasks: Rows = Field(100, description="New tasks: one point per task in each plot.")
+    n_points: Rows = Field(1000, description="Points in each of the weak, w2s and test samples.")
+    n_pretrain_points: Rows = Field(2000, description="Points in the pre-training sample (shared by its tasks).")
+    pretrain_steps: Steps = Field(600, description="Full-batch Adam steps of representation pre-training.")
     pretrain_lr: float = Field(3e-3, gt=0)
     perturb_weak_std: float = Field(0.1, gt=0, description="Gaussian noise on every parameter of h* → h_w.")
     perturb_strong_std: float = Field(0.02, gt=0, description="Same for h_s; must be below the weak noise.")
-    head_max_iter: PositiveInt = Field(100, description="Newton iterations (at most) for the KL linear heads.")
+    head_max_iter: Steps = Field(100, description="Newton iterations (at most) for the KL linear heads.")
     losses: tuple[Loss, ...] = ("squared", "reverse_kl", "forward_kl")
     settings: tuple[Setting, ...] = ("realizable", "pretrain", "perturb")
     theorem_tol: float = Field(1e-8, gt=0, description="Relative slack for gain ≥ misfit (numerical error only).")

@@ -1,9 +1,9 @@
 """Several ranks: `train` re-runs itself under the `deepspeed` launcher (one process per rank).
 
 The parent writes the call as JSON (configs, paths, the MLflow run id), runs
-`<this python> -m deepspeed.launcher.runner --num_gpus N --master_port P --module
-w2s.training.rank <spec>` (the launcher of the environment running w2s, not whatever `deepspeed`
-is on PATH) and waits (with `engines.training.nodes > 1`, a Kubernetes Job of that many pods instead:
+`<this python> -m deepspeed.launcher.launch --world_info=<localhost: 0..N-1> --master_addr=127.0.0.1
+--master_port=P --module w2s.training.rank <spec>` (DeepSpeed's per-node launcher of the environment
+running w2s, not whatever `deepspeed` is on PATH) and waits (with `engines.training.nodes > 1`, a Kubernetes Job of that many pods instead:
 w2s/training/multinode.py); each rank (w2s/training/rank.py) calls `train` with LOCAL_RANK set by the
 launcher, and rank 0 writes `train_result.json`, which the parent returns. A Table given as ref_logps is written to Parquet for the children.
 """
@@ -17,8 +17,10 @@ import sys
 from pathlib import Path
 
 from w2s.config import TrainConfig, TrainingEngineConfig
+from w2s.files import TMP_PREFIX
 
 SHARED_MEMORY = Path("/dev/shm")
+REF_LOGPS_INPUT = f"{TMP_PREFIX}ref_logps.input.parquet"  # hidden: a copy of an input, never the artifact's
 
 
 def _config_class(dotted: str) -> type[TrainConfig]:
@@ -42,8 +44,8 @@ def write_spec(cfg, engine: TrainingEngineConfig, objective, model_dir, data_fil
     if ref_logps is not None and not isinstance(ref_logps, (str, Path)):
         import pyarrow.parquet as pq
 
-        pq.write_table(ref_logps, out / "ref_logps.input.parquet")
-        ref_logps = out / "ref_logps.input.parquet"
+        pq.write_table(ref_logps, out / REF_LOGPS_INPUT)
+        ref_logps = out / REF_LOGPS_INPUT
     spec = {
         "config_class": f"{type(cfg).__module__}:{type(cfg).__qualname__}", "config": json.loads(cfg.model_dump_json()),
         "engine": json.loads(engine.model_dump_json()), "objective": objective, "model_dir": str(model_dir),
@@ -78,6 +80,19 @@ def rank_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
 
 
+def local_launch_command(world_size: int, port: int, spec_path: Path) -> list[str]:
+    """DeepSpeed's per-node launcher, called directly rather than through `deepspeed.launcher.runner`:
+    for one node the runner only works out the same world_info and then starts this launcher, at the
+    price of one more process that imports DeepSpeed (≈ 7 s here, per training stage); and it reads
+    /job/hostfile when one exists, which would turn a pod's local run into an ssh launch. Slots
+    0..N-1, as `--num_gpus N` picked."""
+    import base64
+
+    world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(world_size))}).encode()).decode()
+    return [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world_info}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "--module", "w2s.training.rank", str(spec_path)]
+
+
 def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed) -> dict:
     out = Path(out_dir)
     spec_path = write_spec(cfg, engine, objective, model_dir, data_files, out_dir, run, ref_logps, resume_dir, seed)
@@ -89,8 +104,7 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
         from w2s.training.engine import _free_port
 
         port = _free_port()
-        command = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(engine.world_size),
-                   "--master_port", str(port), "--module", "w2s.training.rank", str(spec_path)]
+        command = local_launch_command(engine.world_size, port, spec_path)
         try:
             completed = subprocess.run(command, env=rank_env())
         finally:
@@ -98,4 +112,5 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
         if completed.returncode != 0:
             raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
+    (out / REF_LOGPS_INPUT).unlink(missing_ok=True)
     return json.loads((out / "train_result.json").read_text())  # TrainResult.to_json() of rank 0
