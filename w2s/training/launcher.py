@@ -74,9 +74,9 @@ def release_allreduce_buffers(port: int, folder: Path = SHARED_MEMORY) -> list[s
 
 def rank_env() -> dict[str, str]:
     """This environment for rank processes, without the single-process defaults it may have set."""
-    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK
+    from w2s.training.engine import LAUNCHED_MARK, RENDEZVOUS_ENV, SINGLE_PROCESS_MARK
 
-    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK}
+    own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK, RENDEZVOUS_ENV}
     return {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
 
 
@@ -101,14 +101,18 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
 
         run_job(spec_path, engine)
     else:
-        from w2s.training.engine import _free_port
+        import shutil
 
-        port = _free_port()
+        from w2s.training.engine import RENDEZVOUS_ENV, _free_port, private_rendezvous_file
+
+        port = _free_port()  # DeepSpeed's launcher wants one; the ranks meet through the file store
         command = local_launch_command(engine.world_size, port, spec_path)
+        store = private_rendezvous_file()
         try:
-            completed = subprocess.run(command, env=rank_env())
+            completed = subprocess.run(command, env=rank_env() | {RENDEZVOUS_ENV: store})
         finally:
             release_allreduce_buffers(port)
+            shutil.rmtree(Path(store).parent, ignore_errors=True)
         if completed.returncode != 0:
             raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)
