@@ -133,3 +133,44 @@ def test_a_stray_file_beside_the_shards_never_joins_the_recomputed_artifact(ctx)
     assert listed == ["shards/part-0.parquet"] and again.digest == ref.digest
     assert not stray.exists() and (folder / STRAY / "shards" / "part-0 (copy).parquet").exists()  # set aside, not lost
     assert execute(ctx, Stage("t", 1), cfg, {}, _body(calls)) == again and calls == [1, 1]
+
+
+@pytest.mark.parametrize("planted", ["link", "open_to_others", "other_user"])
+def test_staging_and_locks_of_remote_roots_live_in_a_private_folder(tmp_path, monkeypatch, planted):
+    """Staging (resume state a run unpickles) and lock files of `s3://` roots sit in the shared temp
+    dir: in `w2s-<uid>`, made 0700, and a folder of that name someone else prepared is refused."""
+    import os
+
+    from w2s.files import private_folder
+    from w2s.writer import staging_dir
+
+    monkeypatch.setenv("W2S_STAGING_DIR", str(tmp_path / "shared"))
+    store = ArtifactStore("memory://w2s-private")
+    mine = staging_dir(store, "t", "k")
+    folder = tmp_path / "shared" / f"w2s-{os.getuid()}"
+    assert mine.is_relative_to(folder) and (folder.stat().st_mode & 0o777) == 0o700
+
+    other = tmp_path / "other"
+    other.mkdir()
+    target = other / f"w2s-{os.getuid()}"
+    if planted == "link":
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(mode=0o700)
+        target.symlink_to(elsewhere, target_is_directory=True)
+    else:
+        target.mkdir(mode=0o700)
+        if planted == "open_to_others":
+            target.chmod(0o777)
+        elif os.getuid() == 0:
+            os.chown(target, 65534, 65534)  # nobody
+        else:
+            pytest.skip("making a folder another user's needs root")
+    with pytest.raises(UnsafePath, match="private folder"):
+        private_folder(other)
+    monkeypatch.setenv("TMPDIR", str(other))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(other))
+    with pytest.raises(UnsafePath, match="private folder"):
+        with store.lock("t", "k"):
+            pass

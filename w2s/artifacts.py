@@ -29,7 +29,7 @@ from typing import Annotated, Any
 import fsspec
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from w2s.files import TMP_PREFIX, atomic_write_bytes, file_digest, fsync_dir, inside, temp_beside  # noqa: F401  (re-exported)
+from w2s.files import TMP_PREFIX, atomic_write_bytes, file_digest, fsync_dir, inside, private_folder, temp_beside  # noqa: F401  (re-exported)
 
 MANIFEST = "manifest.json"
 
@@ -226,7 +226,8 @@ class ArtifactStore:
         # One folder per content digest, not per (stage, key): runs on other roots (or an earlier
         # computation under this key) whose bytes differ never write into a folder this run reads, and
         # every file a folder can hold belongs to this very manifest.
-        target = Path(cache_dir or tempfile.gettempdir()) / "w2s-remote" / ref.stage / f"{ref.key}-{manifest.digest[:16]}"
+        cache = Path(cache_dir) / "w2s-remote" if cache_dir else private_folder(Path(tempfile.gettempdir())) / "remote"
+        target = cache / ref.stage / f"{ref.key}-{manifest.digest[:16]}"
         for entry in manifest.files:
             self._download_verified(self.remote_path(ref.stage, ref.key, entry.path), target / entry.path, entry)
         atomic_write_bytes(target / MANIFEST, manifest.model_dump_json(indent=2).encode())
@@ -253,8 +254,8 @@ class ArtifactStore:
             within, path = self.local_root, self.local_root / stage / ".locks" / f"{key}.lock"
         else:  # remote roots: serialises the runs of this machine (docs/architecture.md, "Concurrency")
             where = hashlib.sha256(self.root.encode()).hexdigest()[:12]
-            within = Path(tempfile.gettempdir())
-            path = within / "w2s-locks" / where / stage / f"{key}.lock"
+            within = private_folder(Path(tempfile.gettempdir()))
+            path = within / "locks" / where / stage / f"{key}.lock"
         with exclusive(path, on_wait, within=within):
             yield
 

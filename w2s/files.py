@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,25 @@ def refuse_links(base: Path, path: Path) -> None:
         current = current / part
         if current.is_symlink():
             raise UnsafePath(f"{current} is a symbolic link: refusing to write through it (who planted it?)")
+
+
+def private_folder(base: Path) -> Path:
+    """`<base>/w2s-<uid>`: this user's working folder in a shared place (the temp dir, a shared volume)
+    for staging, locks and downloads of remote roots. Created 0700; refused with one line when it is a
+    link, another user's, or open to others, since whoever can write it could plant resume state a
+    run unpickles or a lock link it writes through."""
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    folder = base / f"w2s-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UnsafePath(f"{folder} is not this user's private folder (a link, another user's, or open to others): "
+                         "remove it, or point W2S_STAGING_DIR / TMPDIR elsewhere")
+    return folder
 
 
 def temp_beside(path: Path) -> Path:

@@ -1,7 +1,8 @@
 """A stage's output in progress: files written atomically and sealed, the manifest written last.
 
 On a local root the stage writes straight into `<root>/<stage>/<key>/`. On a remote root it writes
-into a local staging folder (`W2S_STAGING_DIR`, default the temp dir) that mirrors the remote one:
+into a local staging folder (`<W2S_STAGING_DIR or the temp dir>/w2s-<uid>/staging`, private to the
+user: w2s.files.private_folder) that mirrors the remote one:
 each sealed piece is pushed as soon as it is whole, so a pod killed mid-stage resumes on another
 machine from what it had finished; `commit` uploads every remaining file (training writes
 `model/`, `checkpoints/` itself), then the manifest.
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from w2s.artifacts import MANIFEST, STRAY, ArtifactRef, ArtifactStore, FileEntry, Manifest, is_hidden
-from w2s.files import atomic_write_bytes, file_digest, fsync_dir, inside, temp_beside
+from w2s.files import atomic_write_bytes, file_digest, fsync_dir, inside, private_folder, temp_beside
 from w2s.partial import SEALS, PartialFiles
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 def staging_dir(store: ArtifactStore, stage: str, key: str) -> Path:
     if store.local_root is not None:
         return store.local_root / stage / key
-    base = Path(os.environ.get("W2S_STAGING_DIR") or tempfile.gettempdir())
-    return base / "w2s-staging" / hashlib.sha256(store.root.encode()).hexdigest()[:12] / stage / key
+    base = private_folder(Path(os.environ.get("W2S_STAGING_DIR") or tempfile.gettempdir()))
+    return base / "staging" / hashlib.sha256(store.root.encode()).hexdigest()[:12] / stage / key
 
 
 class RemoteMirror:
