@@ -38,3 +38,60 @@ def test_w2s_train_rejects_bad_arguments_before_compute(tmp_path, tiny_char_mode
         error = capsys.readouterr().err.strip()
         assert error.startswith("w2s: error:") and len(error.splitlines()) == 1, error
     assert not out.exists()
+
+
+def _train(tmp_path, model, data, out, *extra):
+    args = [f"--set=train.{k}={v}" for k, v in SETTINGS.items()] + ["--set=engine.precision=fp32", *extra]
+    return main(["train", "sft", "--model", str(model), "--data", str(data), "--out", str(out), *args])
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_another_run_into_the_same_out_is_refused_until_fresh(tmp_path, tiny_char_model_dir, capsys):
+    """Run B (other data, other settings) into run A's finished --out: one line, exit 2, A's work
+    untouched; with --fresh, B's result is what B computes in a folder of its own."""
+    a = write_completions(tmp_path / "a.parquet")
+    b = write_completions(tmp_path / "b.parquet", n=4)
+    out = tmp_path / "out"
+    assert _train(tmp_path, tiny_char_model_dir, a, out) == 0
+    before = _digests(out / "model")
+    capsys.readouterr()
+    for extra in ((), ("--set=seed=1",)):
+        assert _train(tmp_path, tiny_char_model_dir, b if not extra else a, out, *extra) == 2
+        error = capsys.readouterr().err.strip()
+        assert "another run's" in error and len(error.splitlines()) == 1, error
+    assert _digests(out / "model") == before
+    assert _train(tmp_path, tiny_char_model_dir, b, out, "--fresh") == 0
+    assert _train(tmp_path, tiny_char_model_dir, b, tmp_path / "alone") == 0
+    assert _digests(out / "model") == _digests(tmp_path / "alone" / "model") != before
+    (out / ".w2s-train.json").unlink()  # work whose origin nobody recorded is not resumed either
+    assert _train(tmp_path, tiny_char_model_dir, b, out) == 2
+
+
+def test_a_killed_run_resumes_only_for_its_own_command(tmp_path, tiny_char_model_dir):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    a = write_completions(tmp_path / "a.parquet")
+    b = write_completions(tmp_path / "b.parquet", n=4)
+    out = tmp_path / "out"
+    args = [f"--set=train.{k}={v}" for k, v in SETTINGS.items()] + ["--set=engine.precision=fp32", "--set=engine.resume_every_steps=1"]
+
+    def command(data):
+        return [sys.executable, "-m", "w2s.cli", "train", "sft", "--model", str(tiny_char_model_dir), "--data", str(data),
+                "--out", str(out), *args]
+
+    killed = subprocess.run(command(a), env={**os.environ, "W2S_DIE_AT": "train:2"}, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    other = subprocess.run(command(b), capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "another run's" in other.stderr, other.stderr[-2000:]
+    again = subprocess.run(command(a), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "train_result.json").read_text())["resumed_from_step"] == 2
