@@ -29,9 +29,19 @@ def test_w2s_train_weighted_mle_equals_the_trainer_called_directly(tmp_path, tin
 
 
 def test_w2s_train_rejects_bad_arguments_before_compute(tmp_path, tiny_char_model_dir, capsys):
+    import shutil
+
     data = write_completions(tmp_path / "d.parquet")
     out = tmp_path / "out"
+    no_weights, no_tokenizer = tmp_path / "no_weights", tmp_path / "no_tokenizer"
+    for folder, drop in ((no_weights, ("*.safetensors", "*.bin")), (no_tokenizer, ("tokenizer*", "vocab*", "special_tokens*"))):
+        shutil.copytree(tiny_char_model_dir, folder)
+        for pattern in drop:
+            for path in folder.glob(pattern):
+                path.unlink()
     for argv in (["train", "sft", "--model", str(tmp_path), "--data", str(data), "--out", str(out)],
+                 ["train", "sft", "--model", str(no_weights), "--data", str(data), "--out", str(out)],
+                 ["train", "sft", "--model", str(no_tokenizer), "--data", str(data), "--out", str(out)],
                  ["train", "sft", "--model", str(tiny_char_model_dir), "--data", str(tmp_path / "none.parquet"), "--out", str(out)],
                  ["train", "sft", "--model", str(tiny_char_model_dir), "--data", str(data), "--out", str(out), "--set", "train.nope=1"]):
         assert main(argv) == 2
@@ -95,3 +105,20 @@ def test_a_killed_run_resumes_only_for_its_own_command(tmp_path, tiny_char_model
     again = subprocess.run(command(a), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "train_result.json").read_text())["resumed_from_step"] == 2
+
+
+def test_w2s_train_names_unreadable_or_meaningless_data_in_one_line(tmp_path, tiny_char_model_dir, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty, text, truncated, same = (tmp_path / n for n in ("empty.parquet", "text.parquet", "cut.parquet", "same.parquet"))
+    empty.write_bytes(b"")
+    text.write_text("prompt,completion\nhi,there\n")
+    truncated.write_bytes(write_completions(tmp_path / "whole.parquet").read_bytes()[:-20])
+    pq.write_table(pa.table({"prompt": ["p"] * 4, "chosen": ["a", "b", "c", "d"], "rejected": ["x", "b", "y", "z"]}), same)
+    for objective, data, expected in (("sft", empty, "not a readable Parquet file"), ("sft", text, "not a readable Parquet file"),
+                                      ("sft", truncated, "not a readable Parquet file"), ("dpo", same, "row 1: chosen and rejected are the same")):
+        code = main(["train", objective, "--model", str(tiny_char_model_dir), "--data", str(data), "--out", str(tmp_path / objective / data.stem)])
+        error = capsys.readouterr().err.strip()
+        assert code == 1 and expected in error and len(error.splitlines()) == 1, (data.name, error)
+        assert not (tmp_path / objective / data.stem).exists()  # nothing written

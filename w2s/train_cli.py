@@ -63,15 +63,21 @@ def run_train(args) -> int:
     model = Path(args.model)
     if not (model / "config.json").is_file():
         raise ConfigError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+    if not any(model.glob("*.safetensors")) and not any(model.glob("pytorch_model*.bin")):
+        raise ConfigError(f"--model {model}: no weights (*.safetensors or pytorch_model*.bin)")
+    if not any((model / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")):
+        raise ConfigError(f"--model {model}: no tokenizer (tokenizer.json, tokenizer_config.json, vocab.json or tokenizer.model)")
     missing = [p for p in args.data if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"--data: no such file {missing[0]}")
     from w2s import faults
     from w2s.training import DataError, train
+    from w2s.training.data import read_rows
 
     engine = cfg.engine.model_copy(update={"precision": resolve(cfg.engine.precision)})
-    claim_out(Path(args.out), run_identity(args.objective, cfg, model, args.data), fresh=args.fresh)
     try:
+        read_rows(args.data, "pair" if args.objective == "dpo" else "completion")  # before --out or the model is touched
+        claim_out(Path(args.out), run_identity(args.objective, cfg, model, args.data), fresh=args.fresh)
         result = train(cfg.train, engine, args.objective, model, args.data, Path(args.out), seed=cfg.seed,
                        on_step=lambda step, _: faults.checkpoint("train", step))
     except DataError as exc:

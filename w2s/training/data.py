@@ -68,10 +68,14 @@ class TrainData:
 def _read_shard(path: str, columns: Sequence[str], optional: Sequence[str]):
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     try:
         schema = pq.read_schema(path)
     except FileNotFoundError:
         raise DataError(f"{path}: shard not found") from None
+    except (pa.ArrowException, OSError) as exc:  # empty, truncated, or another format
+        raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; has {schema.names}")
@@ -115,6 +119,10 @@ def read_rows(data_files: Sequence[str | Path], kind: str) -> tuple[dict[str, li
             out["weight"].append(_check_weight(table["weight"][row], path, row) if "weight" in table else 1.0)
             out["finish_reason"].append(finish[row])
             sources.append((path, row))
+    if kind == "pair":
+        same = next((i for i, (c, r) in enumerate(zip(out["chosen"], out["rejected"])) if c == r), None)
+        if same is not None:  # its two log-ratios cancel: a pair that teaches nothing, most likely a data bug
+            raise DataError(f"{sources[same][0]}: row {sources[same][1]}: chosen and rejected are the same text")
     if not sources:
         raise DataError(f"no rows in {len(data_files)} shard(s): {[str(p) for p in data_files][:3]}")
     if kind == "completion" and not any(w > 0 for w in out["weight"]):
