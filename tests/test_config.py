@@ -173,3 +173,29 @@ def test_set_into_an_aliased_yaml_section_changes_only_that_section(tmp_path):
     cfg = load_config(path, ["baselines.strong_sft.max_steps=7"])
     assert cfg.baselines.strong_sft.max_steps == 7
     assert cfg.baselines.strong_dpo.max_steps == 2 and cfg.baselines.naive_sft.max_steps == 2
+
+
+def test_a_tracking_uri_that_answers_but_is_not_mlflow_is_one_line_before_compute():
+    """A wrong port (another web server) used to pass the reachability check and fail 16 s later."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from w2s.config.loading import ConfigError, check_tracking_uri
+
+    class NotMlflow(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotMlflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(ConfigError, match="answers, but not as an MLflow tracking server") as raised:
+            check_tracking_uri(uri)
+        assert len(str(raised.value).splitlines()) == 1
+    finally:
+        server.shutdown()

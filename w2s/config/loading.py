@@ -220,10 +220,14 @@ def check_tracking_uri(uri: str, timeout_s: float = 3.0) -> None:
         import urllib.error
         import urllib.request
 
+        probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            return  # something answered: MLflow (or a proxy in front of it) is up
+            urllib.request.urlopen(probe, timeout=timeout_s).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 405):  # a server, but no MLflow API there: a wrong port or path
+                raise ConfigError(f"run.tracking_uri: {uri!r} answers, but not as an MLflow tracking server "
+                                  f"(HTTP {exc.code} at /api/2.0/mlflow/experiments/search)") from None
+            return  # MLflow behind authentication, or busy: it is there
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConfigError(f"run.tracking_uri: {uri!r} is not reachable within {timeout_s:g} s ({reason})") from None
