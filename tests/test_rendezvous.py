@@ -87,3 +87,17 @@ def test_two_ranks_listen_on_loopback_only(tmp_path, tiny_char_model_dir):
         watcher.join()
     assert seen, "no rank was seen listening: the watch saw nothing, so it proves nothing"
     assert [entry for entry in seen if not is_loopback(entry[1])] == [], sorted(set(seen))
+
+
+def test_a_store_is_used_only_by_the_group_it_was_made_for(monkeypatch):
+    """The store travels in the environment; ranks of another launcher that inherit it (torchrun, the
+    multi-node Job's pods, which also set it empty) have another MASTER_PORT and meet over env:// instead."""
+    from w2s.training.launcher import RENDEZVOUS_ENV, rendezvous_store
+
+    monkeypatch.setenv(RENDEZVOUS_ENV, "4242:/private/store")
+    monkeypatch.setenv("MASTER_PORT", "4242")
+    assert rendezvous_store() == "/private/store"
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert rendezvous_store() is None
+    monkeypatch.setenv(RENDEZVOUS_ENV, "")
+    assert rendezvous_store() is None

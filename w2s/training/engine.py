@@ -39,21 +39,6 @@ def _free_port() -> int:
 
 
 SINGLE_PROCESS_MARK = "W2S_SINGLE_PROCESS_PID"
-RENDEZVOUS_ENV = "W2S_RENDEZVOUS_FILE"
-
-
-def private_rendezvous_file() -> str:
-    """Where the ranks of one machine meet: a file store in a fresh folder only this user can open
-    (mkdtemp: 0700), removed at exit. torch's default TCPStore listens on every interface
-    (`*:MASTER_PORT`) for as long as the process group lives, i.e. from the first training stage to
-    the end of the run; gloo's own sockets bind the loopback address. Several nodes cannot share a
-    file: they meet over TCP (env://, w2s/training/multinode.py), inside the cluster's network."""
-    import atexit
-    import tempfile
-
-    folder = tempfile.mkdtemp(prefix="w2s-rendezvous-")
-    atexit.register(shutil.rmtree, folder, True)
-    return str(Path(folder) / "store")
 
 
 def setup_environment() -> None:
@@ -70,7 +55,9 @@ def setup_environment() -> None:
         # a port of our own: another process (a test's subprocess, a colleague) may hold a fixed one
         if not torch.distributed.is_initialized():
             os.environ["MASTER_PORT"] = str(_free_port())
-            os.environ[RENDEZVOUS_ENV] = private_rendezvous_file()
+            from w2s.training.launcher import RENDEZVOUS_ENV, rendezvous_value
+
+            os.environ[RENDEZVOUS_ENV] = rendezvous_value(int(os.environ["MASTER_PORT"]))
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
@@ -238,7 +225,9 @@ def initialize(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig, total_
     setup_environment()
     import deepspeed
 
-    store = os.environ.get(RENDEZVOUS_ENV)
+    from w2s.training.launcher import rendezvous_store
+
+    store = rendezvous_store()
     meet = {"init_method": f"file://{store}", "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])} if store else {}
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo", **meet)
     ds = deepspeed_config(cfg, engine_cfg, world_size())

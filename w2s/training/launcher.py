@@ -23,6 +23,39 @@ SHARED_MEMORY = Path("/dev/shm")
 REF_LOGPS_INPUT = f"{TMP_PREFIX}ref_logps.input.parquet"  # hidden: a copy of an input, never the artifact's
 
 
+RENDEZVOUS_ENV = "W2S_RENDEZVOUS_FILE"
+
+
+def rendezvous_value(port: int) -> str:
+    """`<port>:<store file>`: a store is used only by ranks whose MASTER_PORT is `port`, so one that
+    leaks into another launcher's ranks (torchrun, the multi-node Job) through the environment is
+    ignored (`rendezvous_store`)."""
+    return f"{port}:{private_rendezvous_file()}"
+
+
+def rendezvous_store() -> str | None:
+    """This rank's file store, when its launcher made one for this very group."""
+    port, _, path = os.environ.get(RENDEZVOUS_ENV, "").partition(":")
+    return path if path and port == os.environ.get("MASTER_PORT") else None
+
+
+def private_rendezvous_file() -> str:
+    """Where the ranks of one machine meet: a file store in a fresh folder only this user can open
+    (mkdtemp in w2s.files.private_folder), removed at exit. torch's default TCPStore listens on every interface
+    (`*:MASTER_PORT`) for as long as the process group lives, i.e. from the first training stage to
+    the end of the run; gloo's own sockets bind the loopback address. Several nodes cannot share a
+    file: they meet over TCP (env://, w2s/training/multinode.py), inside the cluster's network."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from w2s.files import private_folder
+
+    folder = tempfile.mkdtemp(prefix="rendezvous-", dir=private_folder(Path(tempfile.gettempdir())))
+    atexit.register(shutil.rmtree, folder, True)
+    return str(Path(folder) / "store")
+
+
 def _config_class(dotted: str) -> type[TrainConfig]:
     """The stage's own TrainConfig subclass (any section: naive_sft, dpo_weak_reward, ...)."""
     import importlib
@@ -74,7 +107,7 @@ def release_allreduce_buffers(port: int, folder: Path = SHARED_MEMORY) -> list[s
 
 def rank_env() -> dict[str, str]:
     """This environment for rank processes, without the single-process defaults it may have set."""
-    from w2s.training.engine import LAUNCHED_MARK, RENDEZVOUS_ENV, SINGLE_PROCESS_MARK
+    from w2s.training.engine import LAUNCHED_MARK, SINGLE_PROCESS_MARK
 
     own = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SINGLE_PROCESS_MARK, RENDEZVOUS_ENV}
     return {k: v for k, v in os.environ.items() if k not in own} | {LAUNCHED_MARK: "1"}
@@ -103,16 +136,16 @@ def launch(cfg, engine: TrainingEngineConfig, objective, model_dir, data_files, 
     else:
         import shutil
 
-        from w2s.training.engine import RENDEZVOUS_ENV, _free_port, private_rendezvous_file
+        from w2s.training.engine import _free_port
 
         port = _free_port()  # DeepSpeed's launcher wants one; the ranks meet through the file store
         command = local_launch_command(engine.world_size, port, spec_path)
-        store = private_rendezvous_file()
+        meet = rendezvous_value(port)
         try:
-            completed = subprocess.run(command, env=rank_env() | {RENDEZVOUS_ENV: store})
+            completed = subprocess.run(command, env=rank_env() | {RENDEZVOUS_ENV: meet})
         finally:
             release_allreduce_buffers(port)
-            shutil.rmtree(Path(store).parent, ignore_errors=True)
+            shutil.rmtree(Path(meet.partition(":")[2]).parent, ignore_errors=True)
         if completed.returncode != 0:
             raise RuntimeError(f"deepspeed launcher exited with {completed.returncode}: {' '.join(command)}")
     spec_path.unlink(missing_ok=True)

@@ -36,6 +36,7 @@ from pathlib import Path
 RANK_ENTRY = "w2s.training.rank"
 LAUNCHED_MARK = "W2S_LAUNCHED_RANK"  # w2s.training.engine.LAUNCHED_MARK (not imported: that pulls in torch)
 RENDEZVOUS_PORT = 29500
+RENDEZVOUS_ENV = "W2S_RENDEZVOUS_FILE"  # w2s.training.launcher's; one machine's file store, never the nodes'
 
 
 def node_command(spec_path: str, nodes: int, per_node: int, node_rank: str, master_addr: str,
@@ -69,7 +70,7 @@ def job_manifest(name: str, image: str, spec_path: str, nodes: int, gpus_per_nod
         "name": "rank", "image": image, "command": ["/bin/sh", "-c", " ".join(command)],
         # the Job is the ranks' launcher: marked, a rank trains instead of launching again
         "env": [{"name": "W2S_STAGING_DIR", "value": staging_dir}, {"name": "HF_HUB_OFFLINE", "value": "1"},
-                {"name": LAUNCHED_MARK, "value": "1"}],
+                {"name": LAUNCHED_MARK, "value": "1"}, {"name": RENDEZVOUS_ENV, "value": ""}],  # nodes meet over TCP
         "resources": {"limits": {"nvidia.com/gpu": gpus_per_node}, "requests": {"nvidia.com/gpu": gpus_per_node}},
         "ports": [{"containerPort": RENDEZVOUS_PORT}],
         "volumeMounts": [{"name": "staging", "mountPath": staging_dir}, {"name": "dshm", "mountPath": "/dev/shm"}],
