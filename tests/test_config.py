@@ -63,7 +63,7 @@ BAD = {
     "inf_learning_rate": ("weak_sft: {learning_rate: .inf}\n", "weak_sft.learning_rate: Input should be a finite number"),
     "missing_deepspeed_config": ("engines: {training: {deepspeed_config: /nonexistent/zero0.json}}\n",
                                  "engines.training.deepspeed_config: no such file"),
-    "too_many_samples": ("sampling: {k: 100000}\ndata: {n_student: 1000}\n", "exceeds the limit of 10,000,000"),
+    "too_many_samples": ("sampling: {k: 1000}\ndata: {n_student: 100000}\n", "exceeds the limit of 10,000,000"),
 }
 
 
