@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from w2s.training.engine import _free_port  # noqa: E402
-from w2s.training.launcher import local_launch_command, rank_env  # noqa: E402
+from w2s.training.launcher import local_launch_command, rank_env, release_allreduce_buffers  # noqa: E402
 
 RANK = """
 import deepspeed, torch.distributed as dist
@@ -53,8 +53,11 @@ def main() -> None:
             port = _free_port()
             runner.append(_timed([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(args.ranks),
                                   "--master_port", str(port), "--module", "bench_rank"], env))
-            command = local_launch_command(args.ranks, _free_port(), Path("unused"))
+            release_allreduce_buffers(port)  # DeepSpeed's CPU ranks leave 66 MB of /dev/shm each
+            port = _free_port()
+            command = local_launch_command(args.ranks, port, Path("unused"))
             direct.append(_timed(command[:command.index("w2s.training.rank")] + ["bench_rank"], env))
+            release_allreduce_buffers(port)
     a, b = statistics.median(runner), statistics.median(direct)
     print(f"{args.ranks} ranks, median of {args.repeats}: runner → launch {a:.1f} s; launch directly {b:.1f} s; "
           f"{a / b:.2f}× ({a - b:.1f} s saved per training stage)")
