@@ -92,7 +92,7 @@ def test_two_ranks_listen_on_loopback_only(tmp_path, tiny_char_model_dir):
 def test_a_store_is_used_only_by_the_group_it_was_made_for(monkeypatch):
     """The store travels in the environment; ranks of another launcher that inherit it (torchrun, the
     multi-node Job's pods, which also set it empty) have another MASTER_PORT and meet over env:// instead."""
-    from w2s.training.launcher import RENDEZVOUS_ENV, rendezvous_store
+    from w2s.training.rendezvous import RENDEZVOUS_ENV, rendezvous_store
 
     monkeypatch.setenv(RENDEZVOUS_ENV, "4242:/private/store")
     monkeypatch.setenv("MASTER_PORT", "4242")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -177,7 +176,7 @@ class ArtifactStore:
         """Files whose size or sha256 differ from the manifest (empty list: valid)."""
         found = []
         for entry in manifest.files:
-            if is_hidden(entry.path) or ".." in entry.path.split("/"):
+            if is_hidden(entry.path):  # FileEntry already refuses paths that leave the folder
                 found.append(f"{entry.path}: not a file a manifest may list")
                 continue
             path = self.remote_path(manifest.stage, manifest.key, entry.path)
@@ -226,7 +225,7 @@ class ArtifactStore:
         # One folder per content digest, not per (stage, key): runs on other roots (or an earlier
         # computation under this key) whose bytes differ never write into a folder this run reads, and
         # every file a folder can hold belongs to this very manifest.
-        cache = Path(cache_dir) / "w2s-remote" if cache_dir else private_folder(Path(tempfile.gettempdir())) / "remote"
+        cache = Path(cache_dir) / "w2s-remote" if cache_dir else private_folder() / "remote"
         target = cache / ref.stage / f"{ref.key}-{manifest.digest[:16]}"
         for entry in manifest.files:
             self._download_verified(self.remote_path(ref.stage, ref.key, entry.path), target / entry.path, entry)
@@ -254,7 +253,7 @@ class ArtifactStore:
             within, path = self.local_root, self.local_root / stage / ".locks" / f"{key}.lock"
         else:  # remote roots: serialises the runs of this machine (docs/architecture.md, "Concurrency")
             where = hashlib.sha256(self.root.encode()).hexdigest()[:12]
-            within = private_folder(Path(tempfile.gettempdir()))
+            within = private_folder()
             path = within / "locks" / where / stage / f"{key}.lock"
         with exclusive(path, on_wait, within=within):
             yield

@@ -43,12 +43,14 @@ def refuse_links(base: Path, path: Path) -> None:
             raise UnsafePath(f"{current} is a symbolic link: refusing to write through it (who planted it?)")
 
 
-def private_folder(base: Path) -> Path:
-    """`<base>/w2s-<uid>`: this user's working folder in a shared place (the temp dir, a shared volume)
-    for staging, locks and downloads of remote roots. Created 0700; refused with one line when it is a
-    link, another user's, or open to others, since whoever can write it could plant resume state a
-    run unpickles or a lock link it writes through."""
-    base = Path(base)
+def private_folder(base: str | os.PathLike | None = None) -> Path:
+    """`<base>/w2s-<uid>` (default base: the temp dir): this user's working folder in a shared place
+    for staging, locks, downloads of remote roots and rendezvous files. Created 0700; refused with one
+    line when it is a link, another user's, or open to others, since whoever can write it could plant
+    resume state a run unpickles or a lock link it writes through."""
+    import tempfile
+
+    base = Path(base or tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     folder = base / f"w2s-{os.getuid()}"
     try:

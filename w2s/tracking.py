@@ -68,7 +68,7 @@ def _client(tracking_uri: str):
         from w2s.locks import exclusive
 
         db = Path(tracking_uri[len("sqlite:///"):])
-        with exclusive(db.with_name(f".{db.name}.init.lock"), within=db.parent):
+        with exclusive(db.with_name(f".{db.name}.init.lock")):  # opened O_NOFOLLOW: a planted link is refused
             client = MlflowClient(tracking_uri=tracking_uri)  # builds the store: creates or migrates the schema
             client.search_experiments(max_results=1)
         _initialised.add(tracking_uri)

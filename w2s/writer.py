@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 def staging_dir(store: ArtifactStore, stage: str, key: str) -> Path:
     if store.local_root is not None:
         return store.local_root / stage / key
-    base = private_folder(Path(os.environ.get("W2S_STAGING_DIR") or tempfile.gettempdir()))
+    base = private_folder(os.environ.get("W2S_STAGING_DIR") or None)
     return base / "staging" / hashlib.sha256(store.root.encode()).hexdigest()[:12] / stage / key
 
 
@@ -133,21 +132,20 @@ class StageWriter:
     def _is_produced(self, rel: str) -> bool:
         return any(rel == own or rel.startswith(f"{own}/") for own in self._produced)
 
-    def _set_aside_strays(self) -> None:
-        """Files in the folder that this stage neither wrote nor sealed (a copy someone made beside
-        the shards, a leftover of another version) move to `.stray/`, which no manifest lists: they
-        never become part of the artifact, and nothing of theirs is deleted."""
+    def _claim_sealed_pieces(self) -> None:
         for seal in (self.dir / SEALS).rglob("*.json"):
             piece = seal.relative_to(self.dir / SEALS).as_posix().removesuffix(".json")
             if self.partial.read_seal(piece) is not None:
                 self._produced.add(piece)
-        for path in sorted(self.dir.rglob("*")):
-            rel = path.relative_to(self.dir).as_posix()
-            if path.is_file() and rel != MANIFEST and not is_hidden(rel) and not self._is_produced(rel):
-                aside = self.dir / STRAY / rel
-                aside.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(path, aside)
-                log.warning("%s: %s is not this stage's output; moved to %s, left out of the artifact", self.stage, rel, aside)
+
+    def _set_aside(self, path: Path, rel: str) -> None:
+        """A file in the folder that this stage neither wrote nor sealed (a copy someone made beside
+        the shards, a leftover of another version) moves to `.stray/`, which no manifest lists: it
+        never becomes part of the artifact, and nothing of it is deleted."""
+        aside = self.dir / STRAY / rel
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, aside)
+        log.warning("%s: %s is not this stage's output; moved to %s, left out of the artifact", self.stage, rel, aside)
 
     def reuse(self, relpath: str) -> bool:
         """A whole, sealed piece from an earlier, interrupted attempt whose seal still matches;
@@ -195,11 +193,14 @@ class StageWriter:
         self.seal(relpath)
 
     def _entries(self) -> list[FileEntry]:
-        self._set_aside_strays()
+        self._claim_sealed_pieces()
         entries = []
         for path in sorted(self.dir.rglob("*")):
             rel = path.relative_to(self.dir).as_posix()
             if not path.is_file() or rel == MANIFEST or is_hidden(rel):
+                continue
+            if not self._is_produced(rel):
+                self._set_aside(path, rel)
                 continue
             rows = self._rows.get(rel)
             if rows is None and rel.endswith(".parquet"):

@@ -66,9 +66,8 @@ class TrainData:
 
 
 def _read_shard(path: str, columns: Sequence[str], optional: Sequence[str]):
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)

@@ -55,7 +55,7 @@ def setup_environment() -> None:
         # a port of our own: another process (a test's subprocess, a colleague) may hold a fixed one
         if not torch.distributed.is_initialized():
             os.environ["MASTER_PORT"] = str(_free_port())
-            from w2s.training.launcher import RENDEZVOUS_ENV, rendezvous_value
+            from w2s.training.rendezvous import RENDEZVOUS_ENV, rendezvous_value
 
             os.environ[RENDEZVOUS_ENV] = rendezvous_value(int(os.environ["MASTER_PORT"]))
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -225,7 +225,7 @@ def initialize(model, cfg: TrainConfig, engine_cfg: TrainingEngineConfig, total_
     setup_environment()
     import deepspeed
 
-    from w2s.training.launcher import rendezvous_store
+    from w2s.training.rendezvous import rendezvous_store
 
     store = rendezvous_store()
     meet = {"init_method": f"file://{store}", "rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])} if store else {}

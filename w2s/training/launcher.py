@@ -18,42 +18,10 @@ from pathlib import Path
 
 from w2s.config import TrainConfig, TrainingEngineConfig
 from w2s.files import TMP_PREFIX
+from w2s.training.rendezvous import RENDEZVOUS_ENV, rendezvous_value
 
 SHARED_MEMORY = Path("/dev/shm")
 REF_LOGPS_INPUT = f"{TMP_PREFIX}ref_logps.input.parquet"  # hidden: a copy of an input, never the artifact's
-
-
-RENDEZVOUS_ENV = "W2S_RENDEZVOUS_FILE"
-
-
-def rendezvous_value(port: int) -> str:
-    """`<port>:<store file>`: a store is used only by ranks whose MASTER_PORT is `port`, so one that
-    leaks into another launcher's ranks (torchrun, the multi-node Job) through the environment is
-    ignored (`rendezvous_store`)."""
-    return f"{port}:{private_rendezvous_file()}"
-
-
-def rendezvous_store() -> str | None:
-    """This rank's file store, when its launcher made one for this very group."""
-    port, _, path = os.environ.get(RENDEZVOUS_ENV, "").partition(":")
-    return path if path and port == os.environ.get("MASTER_PORT") else None
-
-
-def private_rendezvous_file() -> str:
-    """Where the ranks of one machine meet: a file store in a fresh folder only this user can open
-    (mkdtemp in w2s.files.private_folder), removed at exit. torch's default TCPStore listens on every interface
-    (`*:MASTER_PORT`) for as long as the process group lives, i.e. from the first training stage to
-    the end of the run; gloo's own sockets bind the loopback address. Several nodes cannot share a
-    file: they meet over TCP (env://, w2s/training/multinode.py), inside the cluster's network."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from w2s.files import private_folder
-
-    folder = tempfile.mkdtemp(prefix="rendezvous-", dir=private_folder(Path(tempfile.gettempdir())))
-    atexit.register(shutil.rmtree, folder, True)
-    return str(Path(folder) / "store")
 
 
 def _config_class(dotted: str) -> type[TrainConfig]:

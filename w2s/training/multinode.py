@@ -33,10 +33,11 @@ import sys
 import time
 from pathlib import Path
 
+from w2s.training.rendezvous import RENDEZVOUS_ENV
+
 RANK_ENTRY = "w2s.training.rank"
 LAUNCHED_MARK = "W2S_LAUNCHED_RANK"  # w2s.training.engine.LAUNCHED_MARK (not imported: that pulls in torch)
 RENDEZVOUS_PORT = 29500
-RENDEZVOUS_ENV = "W2S_RENDEZVOUS_FILE"  # w2s.training.launcher's; one machine's file store, never the nodes'
 
 
 def node_command(spec_path: str, nodes: int, per_node: int, node_rank: str, master_addr: str,
