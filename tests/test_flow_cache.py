@@ -9,10 +9,10 @@ import sys
 from tests.conftest import REPO
 
 
-def _run(root, marker, *overrides):
+def _run(root, marker, *overrides, env=None):
     out = subprocess.run(
         [sys.executable, "-m", "tests.two_stage_flow", str(root), str(marker), *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -31,6 +31,8 @@ def test_second_run_in_a_new_process_executes_no_stage_body(tmp_path):
     second = _run(root, marker)
     assert _bodies(marker) == ["rows", "scaled"], "no stage body may run on the second run"
     assert [r["cache"] for r in second["rows"]] == ["hit", "hit"]
+    assert first["states"] == {"rows": "Completed", "scaled": "Completed"}
+    assert second["states"] == {"rows": "Cached", "scaled": "Cached"}
     # Prefect's run graph: scaled's argument `rows` comes from the rows task, computed or Cached
     assert first["edges"] == second["edges"] == {"rows": {}, "scaled": {"rows": ["rows"]}}
     assert [r["uri"] for r in second["rows"]] == [r["uri"] for r in first["rows"]]
@@ -45,6 +47,27 @@ def test_second_run_in_a_new_process_executes_no_stage_body(tmp_path):
     _run(root, marker)
     assert _bodies(marker) == ["rows", "scaled", "scaled", "rows"]
     assert _run(root, marker)["rows"][0]["cache"] == "hit"
+
+
+def test_cache_records_planted_on_the_root_are_never_read(tmp_path):
+    """Prefect's result records name their own serializer, so reading one runs whatever its writer
+    chose: Prefect keeps none on the root and reads none; the cache is the store's JSON manifests."""
+    import os
+
+    from tests.payloads import prefect_records
+
+    root, marker, pwned = tmp_path / "art", tmp_path / "marker", tmp_path / "pwned"
+    first = _run(root, marker)
+    assert not (root / "_prefect").exists()
+    records = root / "_prefect" / "results"
+    records.mkdir(parents=True)
+    # where the earlier design kept them, under the names its cache policy gave them
+    for row, record in zip(first["rows"], prefect_records(pwned, tmp_path / "modules")):
+        (records / f"w2s-{row['stage']}-{row['uri'].rstrip('/').rsplit('/', 1)[1]}").write_bytes(record)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "modules"), os.environ.get("PYTHONPATH", "")])}
+    again = _run(root, marker, env=env)
+    assert not pwned.exists(), "a planted cache record was read"
+    assert again["states"] == {"rows": "Cached", "scaled": "Cached"} and _bodies(marker) == ["rows", "scaled"]
 
 
 def test_a_copied_or_moved_root_reads_its_own_files(tmp_path):

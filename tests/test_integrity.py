@@ -19,8 +19,8 @@ from tests.test_partial import _payload, flip_byte, truncate
 
 def _damage_targets(root):
     """One file of every kind a rerun may meet: finished shards of the three table stages, a DPO
-    reference table, a final model, a training checkpoint of the killed stage, its resume state, a
-    manifest and a Prefect record."""
+    reference table, a final model, a training checkpoint of the killed stage, its resume state and
+    a manifest."""
     one = lambda pattern: sorted(root.glob(pattern))[0]  # noqa: E731
     return {
         "sampling shard": one("sampling/*/shards/part-00000.parquet"),
@@ -31,7 +31,6 @@ def _damage_targets(root):
         "checkpoint": one("student/*/checkpoints/step-*/model.safetensors"),
         "resume state": one("student/*/.resume/step-*/mp_rank_00_model_states.pt"),
         "manifest": one("data/*/manifest.json"),
-        "prefect record": one("_prefect/results/w2s-strong_base-*"),
     }
 
 
@@ -59,7 +58,7 @@ def test_every_kind_of_damaged_file_is_recomputed_to_a_clean_runs_digests(tmp_pa
         cache = _table(rerun.stdout)
         for stage in ("data", "sampling", "scoring", "weights", "weak_sft", "weak_dpo", "student"):
             assert cache[stage] == "miss", (variant, stage, rerun.stdout)  # each damaged artifact was rebuilt
-        assert cache["strong_base"] == "hit"  # a damaged Prefect record is only a marker
+        assert cache["strong_base"] == "hit"  # undamaged
 
 
 def _together(root, names):

@@ -1,6 +1,7 @@
 """Partial work is trusted only while its seal matches (w2s/partial.py): every kind of damage to a
 sealed file or folder makes `reuse` discard it, and training never loads damaged pieces — a resume
-file replaced by a pickle payload is discarded before DeepSpeed could unpickle it."""
+file replaced by a pickle payload is discarded before DeepSpeed could unpickle it, and so is one
+whose seal was rewritten to match, as a writer of the artifact root could."""
 
 from __future__ import annotations
 
@@ -123,6 +124,55 @@ def _interrupted(cfg, engine, objective, model, data, out, at):
 def _same_weights(a, b):
     wa, wb = load_weights(a), load_weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class _Exec:
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def _torch_payload(marker) -> bytes:
+    """A torch checkpoint (zip) whose pickle runs code when `torch.load(weights_only=False)` reads it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"module": _Exec(f"open({str(marker)!r}, 'w').write('pwned')")}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("payload", [_payload, _torch_payload])
+def test_resume_file_replaced_by_a_payload_with_its_seal_rewritten_never_runs(tmp_path, tiny_char_model_dir, payload):
+    data = write_completions(tmp_path / "d.parquet", weights=[1, 2, 0.5, 1, 1, 0, 1.5, 1])
+    cfg, engine = _cfg("weighted_mle"), TrainingEngineConfig(resume_every_steps=1)
+    out = tmp_path / "attacked"
+    _interrupted(cfg, engine, "weighted_mle", tiny_char_model_dir, data, out, at=4)
+    state = next((out / ".resume").glob("step-*/mp_rank_00_model_states.pt"))
+    marker = tmp_path / "marker"
+    state.write_bytes(payload(marker))
+    PartialFiles(out).seal(state.parent)  # the seal matches the payload now
+    assert not PartialFiles(out).problems(state.parent)
+
+    result = train(cfg, engine, "weighted_mle", tiny_char_model_dir, [data], out, progress=False)
+    assert not marker.exists(), "a payload from the artifact root ran"
+    assert result.resumed_from_step is None  # discarded, started over
+    assert not (out / ".resume").exists()
+
+
+def test_the_resume_loader_builds_data_only_even_unverified(tmp_path):
+    """The second wall: a file swapped in between verification and DeepSpeed's load still cannot run."""
+    from w2s.training.resume import load_without_code
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "state.pt"
+    path.write_bytes(_torch_payload(marker))
+    with pytest.raises(pickle.UnpicklingError):
+        load_without_code(str(path), map_location="cpu")
+    assert not marker.exists()
+    torch.load(str(path), weights_only=False)  # the payload is live: the loader it replaces runs it
+    assert marker.exists()
 
 
 def test_resume_file_replaced_by_a_pickle_is_discarded_before_it_loads(tmp_path, tiny_char_model_dir):

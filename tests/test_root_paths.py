@@ -106,6 +106,21 @@ def test_a_planted_link_in_place_of_the_lock_folder_is_refused(ctx, tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["stage folder", "artifact folder", "inside the artifact folder"])
+def test_a_planted_link_on_the_way_to_a_stages_files_is_refused(ctx, tmp_path, where):
+    cfg = PipelineConfig().data
+    key = Stage("t", 1).key(cfg, {})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = {"stage folder": "t", "artifact folder": f"t/{key}", "inside the artifact folder": f"t/{key}/shards"}[where]
+    (tmp_path / "artifacts" / link).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "artifacts" / link).symlink_to(elsewhere, target_is_directory=True)
+    calls: list = []
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        execute(ctx, Stage("t", 1), cfg, {}, _body(calls))
+    assert list(elsewhere.iterdir()) == [] and calls == []
+
+
 def test_a_planted_mlflow_init_lock_link_is_refused(tmp_path):
     from w2s import tracking
 

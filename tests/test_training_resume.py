@@ -39,7 +39,7 @@ def _config(objective):
     return DPOConfig(**kwargs) if objective == "dpo" else StudentConfig(**kwargs)
 
 
-@pytest.mark.parametrize("objective, zero", [("weighted_mle", 0), ("dpo", 2)])
+@pytest.mark.parametrize("objective, zero", [("weighted_mle", 0), ("dpo", 2), ("weighted_mle", 3)])
 def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path, tiny_char_model_dir, objective, zero):
     data = write_pairs(tmp_path / "d.parquet") if objective == "dpo" else \
         write_completions(tmp_path / "d.parquet", weights=[1, 2, 0.5, 1, 1, 0, 1.5, 1])

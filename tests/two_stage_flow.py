@@ -71,6 +71,17 @@ def task_edges(flow_run_id: str) -> dict[str, dict[str, list[str]]]:
                           for arg, found in r.task_inputs.items() if any(getattr(i, "input_type", None) == "task_run" for i in found)}
             for r in runs}
 
+def task_states(flow_run_id: str) -> dict[str, str]:
+    """The final state name of each task run, as the Prefect UI shows it."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
 if __name__ == "__main__":
     from w2s.config.loading import load_config
 
@@ -78,4 +89,4 @@ if __name__ == "__main__":
     cfg = load_config(None, [a for a in sys.argv[3:] if a != "--set"])
     state = two_stage(root, cfg.data, cfg.weights)
     print(json.dumps({"rows": [asdict(r) for r in state.rows], "parent": state.ctx.parent_run_id, "flow_run": state.ctx.flow_run_id,
-                      "edges": task_edges(state.ctx.flow_run_id)}))
+                      "edges": task_edges(state.ctx.flow_run_id), "states": task_states(state.ctx.flow_run_id)}))

@@ -43,6 +43,16 @@ def refuse_links(base: Path, path: Path) -> None:
             raise UnsafePath(f"{current} is a symbolic link: refusing to write through it (who planted it?)")
 
 
+def refuse_links_in(base: Path, folder: Path) -> None:
+    """`refuse_links(base, folder)`, and no link anywhere inside `folder` either: a stage's folder
+    holds only files its own runs wrote, so a link found there was planted to be written through."""
+    refuse_links(base, folder)
+    for top, dirs, files in os.walk(folder):  # does not descend into linked folders
+        for name in (*dirs, *files):
+            if os.path.islink(os.path.join(top, name)):
+                raise UnsafePath(f"{os.path.join(top, name)} is a symbolic link: refusing to write through it (who planted it?)")
+
+
 def private_folder(base: str | os.PathLike | None = None) -> Path:
     """`<base>/w2s-<uid>` (default base: the temp dir): this user's working folder in a shared place
     for staging, locks, downloads of remote roots and rendezvous files. Created 0700; refused with one

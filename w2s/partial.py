@@ -5,11 +5,11 @@ DeepSpeed resume state) *seals* each piece right after writing it whole: a JSON 
 file under it with sha256 and size, written atomically to `.partial/<rel>.json` in the stage's
 folder. A rerun reuses a piece only when every listed file still matches and the piece holds no
 file the seal does not list; anything else (a flipped byte, a truncation, a missing seal, an
-injected file) discards the piece so it is recomputed. The resume state is therefore verified
-before DeepSpeed unpickles it (`torch.load(weights_only=False)`): a replaced file never loads.
+injected file) discards the piece so it is recomputed.
 
-What a seal cannot defend against is someone who can rewrite seals and manifests alike: treat the
-artifact root like code (docs/architecture.md, "Trust").
+A seal cannot stop someone who can rewrite seals and manifests alike, so nothing read from a piece
+may run code either: training's resume state loads as data only (w2s/training/resume.py); the
+threat model is in docs/architecture.md, "Trust".
 
 On a remote root the stage works in a local staging folder; `mirror` pushes each sealed piece (its
 files, then the seal) and pulls a piece another machine sealed, so a killed pod resumes on another.

@@ -22,17 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from w2s.artifacts import MANIFEST, STRAY, ArtifactRef, ArtifactStore, FileEntry, Manifest, is_hidden
-from w2s.files import atomic_write_bytes, file_digest, fsync_dir, inside, private_folder, temp_beside
+from w2s.files import atomic_write_bytes, file_digest, fsync_dir, inside, private_folder, refuse_links_in, temp_beside
 from w2s.partial import SEALS, PartialFiles
 
 log = logging.getLogger(__name__)
 
 
 def staging_dir(store: ArtifactStore, stage: str, key: str) -> Path:
+    """Where the stage's files are written, refused with one line when a link was planted in it or
+    on the way to it (w2s.files.refuse_links_in)."""
     if store.local_root is not None:
-        return store.local_root / stage / key
-    base = private_folder(os.environ.get("W2S_STAGING_DIR") or None)
-    return base / "staging" / hashlib.sha256(store.root.encode()).hexdigest()[:12] / stage / key
+        base = store.local_root
+        folder = base / stage / key
+    else:
+        base = private_folder(os.environ.get("W2S_STAGING_DIR") or None)
+        folder = base / "staging" / hashlib.sha256(store.root.encode()).hexdigest()[:12] / stage / key
+    refuse_links_in(base, folder)
+    return folder
 
 
 class RemoteMirror:

@@ -111,11 +111,14 @@ def save_model(model, tokenizer, folder: Path) -> dict[str, float]:
 
 
 def load_pretrained(folder: str | Path, dtype: torch.dtype | None = None, device: str = "cpu"):
-    """Loads a model folder written by `save_model` (an artifact); never runs remote code."""
+    """Loads a model folder written by `save_model` (an artifact); never runs remote code, and
+    reads weights from safetensors only, so a pickled `pytorch_model.bin` planted in the folder is
+    refused rather than unpickled."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32, use_safetensors=True,
+                                                 trust_remote_code=False).to(device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

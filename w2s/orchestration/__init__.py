@@ -1,13 +1,14 @@
-"""The Prefect layer: stage tasks with an artifact-keyed cache policy, and the pipeline run context.
+"""The Prefect layer: stage tasks whose cache is the artifact store, and the pipeline run context.
 
 Prefect's default cache key includes the flow-run id and hashes `Path`s by their string, so it never
-hits across runs. `StageTask` computes the artifact key once per call (stage, version, config slice,
-input digests) and looks the artifact up once; `ArtifactCachePolicy` is a pure function returning
-that precomputed key, so a second `w2s run` in a new process gets Prefect "Cached" states and runs
-no stage body. When the artifact is missing or fails verification the task runs with
-`refresh_cache`, so a stale record is overwritten, never trusted. Records are JSON (no pickle)
-under `<artifact_root>/_prefect/`, and are only a marker: the reference a stage returns is always
-the store's own lookup on the *current* root, so a moved or copied root reads its own files.
+hits across runs; and a Prefect cache record names its own serializer (pickle, or JSON that
+imports classes), so a record read back is code that whoever can write the records' folder
+chooses. Prefect therefore keeps no records here and reads none: `run_as_task` computes the
+artifact key once per call (stage, version, config slice, input digests) and looks the artifact up
+once, in the store, whose manifests and digests are plain JSON read by our own schema. A verified
+artifact becomes a task run that ends `Cached` with the store's reference and runs no stage body
+(so a second `w2s run`, on any machine that reads the root, shows every finished stage Cached);
+anything else runs the stage, which recomputes what fails verification, never trusting it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 from prefect.utilities.engine import link_state_to_task_run_result
 from pydantic_core import to_jsonable_python
 
@@ -37,45 +38,6 @@ from w2s.stage import Stage, artifact_inputs, check_stage_names, collect_outcome
 from w2s.orchestration.ui import progress_listener, project_logs_in_the_run, publish_report, publish_run
 from w2s.progress import listening
 from w2s.tracking import RunContext
-
-RECORD_PREFIX = "w2s"
-
-
-_record_blocks: dict[str, Any] = {}
-
-
-def prefect_records_dir(artifact_root: str):
-    """Where Prefect keeps its cache records: on the artifact root itself, so any machine that
-    reads the root sees them (a local folder, or for s3://… a RemoteFileSystem block, saved once
-    per process because Prefect only persists to saved blocks; credentials stay in the
-    environment, as for every other access to the root)."""
-    local = local_path_of(artifact_root)
-    if local is not None:
-        return local.absolute() / "_prefect" / "results"
-    if artifact_root not in _record_blocks:
-        import hashlib
-
-        from prefect.filesystems import RemoteFileSystem
-
-        block = RemoteFileSystem(basepath=f"{artifact_root.rstrip('/')}/_prefect/results")
-        block.save(f"w2s-records-{hashlib.sha256(artifact_root.encode()).hexdigest()[:12]}", overwrite=True)
-        _record_blocks[artifact_root] = block
-    return _record_blocks[artifact_root]
-
-
-@dataclass
-class ArtifactCachePolicy(CachePolicy):
-    """Pure: the record name of a key the caller computed (no hashing, no I/O, no deletion)."""
-
-    record: str = ""
-
-    def compute_key(self, task_ctx: TaskRunContext, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        return self.record
-
-
-def record_name(stage: Stage, key: str) -> str:
-    return f"{RECORD_PREFIX}-{stage.name}-{key}"
-
 
 @dataclass
 class StageRow:
@@ -112,10 +74,11 @@ def retry_delays(retry: RetryConfig) -> list[float]:
 
 
 _tasks: dict[tuple[str, int], Any] = {}
+NO_RECORDS = {"cache_policy": NO_CACHE, "persist_result": False}  # the store is the cache (module docstring)
 
 
 def _task_of(declared: Stage):
-    """The Prefect task of a stage, made once: the stage's own signature, so the UI shows its inputs."""
+    """The Prefect task that computes a stage, made once: the stage's own signature, so the UI shows its inputs."""
     memo = (declared.name, id(declared.fn))
     if memo not in _tasks:
         @functools.wraps(declared.fn)
@@ -123,8 +86,17 @@ def _task_of(declared: Stage):
             faults.checkpoint(declared.name, 0)  # fault point `<stage>:0` at the start of every attempt
             return declared.run(ctx, cfg, **inputs)
 
-        _tasks[memo] = task(name=declared.name, persist_result=True, result_serializer="json")(attempt)
+        _tasks[memo] = task(name=declared.name, **NO_RECORDS)(attempt)
     return _tasks[memo]
+
+
+def _cached_task_of(declared: Stage, found: ArtifactRef):
+    """A task run of the stage that ends `Cached` with `found`, the store's verified reference."""
+    @functools.wraps(declared.fn)
+    def cached(ctx: RunContext, cfg: Any, **inputs: Any):
+        return Completed(name="Cached", data=found)
+
+    return task(name=declared.name, **NO_RECORDS)(cached)
 
 
 def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str, Any]) -> ArtifactRef:
@@ -145,13 +117,10 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         _report(declared, StageRow(declared.name, "remote", time.perf_counter() - started, ref.uri, None))
         return ref
     retry = orchestration.retry_for(declared.name)
-    configured = _task_of(declared).with_options(
-        cache_policy=ArtifactCachePolicy(record=record_name(declared, key)),
-        refresh_cache=found is None,
-        result_storage=prefect_records_dir(ctx.artifact_root),
-        retries=retry.retries,
-        retry_delay_seconds=retry_delays(retry),
-    )
+    if found is None:
+        configured = _task_of(declared).with_options(retries=retry.retries, retry_delay_seconds=retry_delays(retry))
+    else:
+        configured = _cached_task_of(declared, found)
     with collect_outcomes() as outcomes, planned_key(declared.name, key), listening(progress_listener(declared.name)):
         state = configured(ctx, cfg, return_state=True, **inputs)
         state.result()  # raises the stage's error
@@ -160,10 +129,8 @@ def run_as_task(declared: Stage, ctx: RunContext, config: Any, inputs: dict[str,
         last = outcomes[-1]
         ref = store.lookup(declared.name, key)
         row = StageRow(declared.name, last.cache, wall, last.uri, last.mlflow_run_id)
-    else:  # Prefect "Cached": the reference is the one verified above, on this root
+    else:  # Cached: the reference verified above, on this root
         ref = found
-        if ref is None:
-            raise RuntimeError(f"{declared.name}: Prefect reported Cached but {key} is not in {ctx.artifact_root}")
         row = StageRow(declared.name, "hit", wall, ref.uri, log_cached(ctx, declared, key, cfg, ref, refs))
     _report(declared, row)
     if ref is None:

@@ -1,4 +1,4 @@
-"""DeepSpeed plumbing: process environment, the ZeRO config, the engine, HF export, resume state.
+"""DeepSpeed plumbing: process environment, the ZeRO config, the engine, HF export (resume state: resume.py).
 
 The ZeRO JSONs in configs/deepspeed/ hold only what is ZeRO-specific (stage, buckets, overlap);
 everything the run determines (batch sizes, accumulation, optimiser, clipping, precision) is filled
@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import socket
 import uuid
@@ -25,7 +24,6 @@ import torch
 
 from w2s.config import TrainConfig, TrainingEngineConfig
 from w2s.config.presets import DEEPSPEED_TEMPLATES
-from w2s.partial import PartialFiles
 
 
 def on_gpu() -> bool:
@@ -299,11 +297,7 @@ def export_hf(engine, tokenizer, folder: Path, cfg: TrainConfig, base_model_dir:
     _replace_dir(tmp, folder)
 
 
-# ---------------------------------------------------------------------------------- resume state
-RESUME_POINTER = "resume.json"
-RNG_FILE = "trainer_rng.safetensors"
-
-
+# ---------------------------------------------------------------------------------- ranks agree
 def rank0_decides(decide) -> bool:
     """`decide()` on rank 0 (it may discard files), its answer on every rank."""
     answer = [bool(decide()) if rank() == 0 else None]
@@ -312,79 +306,6 @@ def rank0_decides(decide) -> bool:
     return bool(answer[0])
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-
-
-def save_resume(engine, resume_dir: Path, step: int, meta: dict, pieces: PartialFiles) -> None:
-    """DeepSpeed checkpoint + our RNG state, sealed; then (atomically, sealed) the pointer naming
-    them. A kill at any moment leaves the pointer naming a complete, sealed checkpoint; older
-    checkpoints are discarded only after the pointer moved on."""
-    from safetensors.torch import save_file
-
-    from w2s.artifacts import atomic_write_bytes
-
-    tag = f"step-{step:07d}"
-    engine.save_checkpoint(str(resume_dir), tag=tag, save_latest=False)
-    _barrier()  # every rank's shards are written before rank 0 seals the folder
-    if rank() == 0:
-        rng = {"torch": torch.get_rng_state()}
-        if on_gpu():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        tmp = resume_dir / tag / f".tmp-{RNG_FILE}"
-        save_file(rng, str(tmp))
-        os.replace(tmp, resume_dir / tag / RNG_FILE)
-        pieces.seal(resume_dir / tag)
-        atomic_write_bytes(resume_dir / RESUME_POINTER, json.dumps({"tag": tag, "step": step, **meta}).encode())
-        pieces.seal(resume_dir / RESUME_POINTER)
-        for old in resume_dir.glob("step-*"):
-            if old.name != tag:
-                pieces.discard(old)
-    _barrier()
-
-
-def _verified_pointer(resume_dir: Path, pieces: PartialFiles) -> bool:
-    if not pieces.reuse(resume_dir / RESUME_POINTER):
-        return False
-    try:
-        tag = json.loads((resume_dir / RESUME_POINTER).read_text())["tag"]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return isinstance(tag, str) and re.fullmatch(r"step-\d{7}", tag) is not None and pieces.reuse(resume_dir / tag)
-
-
-def read_resume(resume_dir: Path, pieces: PartialFiles) -> dict | None:
-    """The pointer of a resume state whose every file matches its seal; damaged, replaced or
-    unsealed state is discarded (logged) and None returned, so training starts over."""
-    def check() -> bool:
-        if not (resume_dir.exists() or pieces.seal_path(resume_dir / RESUME_POINTER).exists()) and pieces.mirror is None:
-            return False
-        if _verified_pointer(resume_dir, pieces):
-            return True
-        if resume_dir.exists():
-            logging.getLogger(__name__).warning("%s does not match its seals: discarded, training starts over", resume_dir)
-        discard_resume(resume_dir, pieces)
-        return False
-
-    if not rank0_decides(check):
-        return None
-    return json.loads((resume_dir / RESUME_POINTER).read_text())
-
-
-def discard_resume(resume_dir: Path, pieces: PartialFiles) -> None:
-    if rank() == 0:
-        pieces.discard(resume_dir)
-
-
-def load_resume(engine, resume_dir: Path, pointer: dict) -> None:
-    """Loads state `read_resume` verified (DeepSpeed unpickles it: never call it on unverified files)."""
-    from safetensors.torch import load_file
-
-    path, _ = engine.load_checkpoint(str(resume_dir), tag=pointer["tag"])
-    if path is None:
-        raise RuntimeError(f"could not load DeepSpeed checkpoint {resume_dir / pointer['tag']}")
-    rng = load_file(str(resume_dir / pointer["tag"] / RNG_FILE))
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and on_gpu():
-        torch.cuda.set_rng_state(rng["cuda"])

@@ -14,8 +14,8 @@ call that finds it continues from there and ends with the same weights as an uni
 
 Every reusable piece (each checkpoint folder, the reference table, each resume tag and its
 pointer) is sealed right after it is whole (w2s/partial.py) and reused only while its seal
-matches; the resume state is verified before DeepSpeed unpickles it, so a damaged or replaced file
-is discarded and recomputed, never loaded.
+matches; the resume state is also read as data only (w2s/training/resume.py), so a damaged,
+replaced or planted file is discarded and recomputed, never run.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 from w2s.config import DPOConfig, StudentConfig, TrainConfig, TrainingEngineConfig
 from w2s.partial import PartialFiles
 import w2s.training.engine as eng
+import w2s.training.resume as resume
 from w2s.training.data import TrainData, batch_indices, collate, completion_tokens, example_sequences, load_data, steps_per_epoch
 from w2s.training.objectives import OBJECTIVES, dpo_loss, normaliser, sequence_logps, weighted_nll
 from w2s.training.reference import REF_FILE, reference_logps, resolve_ref_logps, write_ref_logps
@@ -156,7 +157,7 @@ def train(
     meta = {"objective": objective, "seed": seed, "total_steps": total, "rows": len(data),
             "zero_stage": engine.zero_stage, "world_size": eng.world_size(),
             "config": json.loads(cfg.model_dump_json())}
-    start, pointer = 0, eng.read_resume(resume_path, resume_pieces)
+    start, pointer = 0, resume.read_resume(resume_path, resume_pieces)
     if pointer is not None:
         stored = {k: pointer.get(k) for k in meta}
         if stored != meta:
@@ -166,7 +167,7 @@ def train(
         damaged = [s for s in earlier if not eng.rank0_decides(lambda s=s: pieces.reuse(_checkpoint_dir(out_dir, s)))]
         if damaged:
             log.warning("checkpoints %s are missing or damaged: resume state discarded, training starts over", damaged)
-            eng.discard_resume(resume_path, resume_pieces)
+            resume.discard_resume(resume_path, resume_pieces)
             pointer = None
 
     ref = None
@@ -178,7 +179,7 @@ def train(
         if ref_logps is None:
             if pointer is not None:
                 log.warning("%s is missing or damaged: resume state discarded, DPO starts over", out_dir / REF_FILE)
-                eng.discard_resume(resume_path, resume_pieces)
+                resume.discard_resume(resume_path, resume_pieces)
                 pointer = None
             # through the engine, so the reference is computed in the format the policy trains in
             # (autocast for bf16): the first step's margin is then exactly 0, as in fp32
@@ -189,7 +190,7 @@ def train(
         else:
             ref = resolve_ref_logps(ref_logps, data)
     if pointer is not None:
-        eng.load_resume(ds_engine, resume_path, pointer)
+        resume.load_resume(ds_engine, resume_path, pointer)
         start = pointer["step"]
 
     job = _Job(ds_engine, data, weights, ref, cfg, engine, objective, tokenizer, total, ckpt_steps, seed,
@@ -209,7 +210,7 @@ def train(
         from w2s.artifacts import atomic_write_bytes
 
         atomic_write_bytes(out_dir / "train_result.json", json.dumps(result.to_json(), indent=2).encode())
-        eng.discard_resume(resume_path, resume_pieces)  # crash-recovery state only, not an output
+        resume.discard_resume(resume_path, resume_pieces)  # crash-recovery state only, not an output
     if hasattr(ds_engine, "destroy"):
         ds_engine.destroy()  # frees ZeRO hooks and buffers before the next stage builds an engine
     # The engine, its optimiser state and the model hold reference cycles: left to Python's rare full
@@ -321,7 +322,7 @@ def _loop(job: _Job, start: int) -> list[dict[str, float]]:
         if done in job.ckpt_steps and done != total:
             _export_checkpoint(job, done)
         if done % engine_cfg.resume_every_steps == 0 and done != total:
-            eng.save_resume(ds_engine, job.resume_path, done, job.meta, job.resume_pieces)
+            resume.save_resume(ds_engine, job.resume_path, done, job.meta, job.resume_pieces)
         if on_step is not None:
             on_step(done, metrics)
     bar.close()
