@@ -123,3 +123,34 @@ def test_hf_classifier_gold_reward(tmp_path, tiny_char_model_dir):
 def test_summary_reward_refuses_rows_without_task_meta():
     with pytest.raises(ValueError, match="needs task meta"):
         SummaryFactsReward().score(["p"], [" r"], [json.dumps({})])
+
+
+@pytest.mark.parametrize("name, content, builder, says", [
+    ("bad.jsonl", b'{"prompt": "a\xff\xfe", "chosen": " x", "rejected": " y"}\n', "json", "cannot read"),
+    ("empty.jsonl", b"", "json", "cannot read"),
+    ("fake.parquet", b"not parquet", "parquet", "cannot read"),
+    ("none.parquet", None, "parquet", "cannot read"),
+])
+def test_hf_loader_names_an_unreadable_or_empty_file_in_one_line(tmp_path, name, content, builder, says):
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "chosen": pa.array([], pa.string()),
+                                 "rejected": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    cfg = DataConfig(source="hf", n_preference=10, n_weak_demo=5, n_exemplar_pool=2, n_student=5, n_test=5,
+                     hf={"path": builder, "data_files": str(path)})
+    with pytest.raises(ValueError, match=f"^data.hf: .*{says}") as caught:
+        build_tables(cfg)
+    assert "\n" not in str(caught.value) and name in str(caught.value)
+
+
+def test_hf_loader_says_when_repeated_prompts_are_used_once(tmp_path, caplog):
+    rows = [{"prompt": f"POST: story {i % 25}\nTL;DR:", "chosen": f" good {i}", "rejected": f" bad {i}"} for i in range(30)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prefs.parquet")
+    cfg = DataConfig(source="hf", n_preference=10, n_weak_demo=5, n_exemplar_pool=2, n_student=3, n_test=5,
+                     hf={"path": "parquet", "data_files": str(tmp_path / "prefs.parquet")})
+    with caplog.at_level("WARNING", logger="w2s.data.splits"):
+        tables = build_tables(cfg)
+    assert "5 of 30 preference rows repeat an earlier prompt" in caplog.text
+    assert len(set(tables["preferences"].column("prompt").to_pylist())) == 10

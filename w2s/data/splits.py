@@ -11,6 +11,7 @@ Every prompt appears in exactly one split. `meta` is the JSON the gold reward ne
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pyarrow as pa
@@ -20,6 +21,8 @@ from w2s.data.synthetic import candidate_summary, make_post, sigmoid
 from w2s.rewards import summary_facts_reward
 from w2s.data.capacity import counts_of, fit_problem
 from w2s.text import prompt_shape, tldr_completion
+
+log = logging.getLogger(__name__)
 
 PROMPT_SPLITS = ("weak_demo", "exemplar", "student", "test")
 PREFERENCE_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "meta")
@@ -83,18 +86,47 @@ def _load_rows(source, columns: dict[str, str], shapes: dict[str, object]) -> li
     """Rows of `source` as {our name: text}, non-empty text checked, shaped once here (w2s/text.py)."""
     import datasets
 
-    dataset = datasets.load_dataset(source.path, name=source.name, data_files=source.data_files, split=source.split)
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"data.hf: dataset {source.path!r} lacks columns {missing} (has {dataset.column_names})")
+    where = f"{source.path!r}" + (f" ({source.data_files})" if source.data_files else "")
+    try:
+        dataset = datasets.load_dataset(source.path, name=source.name, data_files=source.data_files, split=source.split)
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"data.hf: dataset {source.path!r} lacks columns {missing} (has {dataset.column_names})")
+        raw = dataset.select_columns(list(columns)).to_list()
+    except ValueError as exc:
+        if str(exc).startswith("data.hf:"):
+            raise
+        raise ValueError(f"data.hf: cannot read {where}: {_first_line(exc)}") from None
+    except Exception as exc:  # the reader's own error (bad UTF-8, not Parquet, empty file) in one line
+        raise ValueError(f"data.hf: cannot read {where}: {_first_line(exc)}") from None
+    if not raw:
+        raise ValueError(f"data.hf: {where} has no rows")
     rows = []
-    for index, row in enumerate(dataset.select_columns(list(columns)).to_list()):
+    for index, row in enumerate(raw):
         bad = [c for c in columns if not isinstance(row[c], str) or not row[c].strip()]
         if bad:
             raise ValueError(f"data.hf: {source.path!r} row {index}: {bad} must be non-empty text "
                              f"(got {[row[c] for c in bad]!r:.200})")
         rows.append({ours: shapes[ours](row[theirs]) for theirs, ours in columns.items()})
     return rows
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error and its root cause, each in its first line (`datasets` wraps the reader's own)."""
+    def line(error: BaseException) -> str:
+        text = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {text[0][:300]}" if text else f"{type(error).__name__} (an empty file?)"
+
+    root = exc
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    return line(exc) if root is exc else f"{line(exc)} ({line(root)})"
+
+
+def _note_repeats(what: str, total: int, distinct: int) -> None:
+    if total > distinct:
+        log.warning("data.hf: %d of %d %s repeat an earlier prompt; each prompt is used once (%d distinct)",
+                    total - distinct, total, what, distinct)
 
 
 def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
@@ -114,6 +146,7 @@ def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     rng = random.Random(cfg.seed)
     if pool_rows is None:  # one table: distinct prompts, one pair each (the last row of a prompt)
         prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+        _note_repeats("preference rows", len(rows), len(prompts))
         rng.shuffle(prompts)
         by_prompt = {r["prompt"]: r for r in rows}
         preferences = [by_prompt[p] for p in prompts[: cfg.n_preference]]
@@ -121,7 +154,12 @@ def hf_tables(cfg: DataConfig) -> dict[str, pa.Table]:
     else:  # several pairs per prompt; prompt splits from the other source, no post shared with the preferences
         preferences = rng.sample(rows, cfg.n_preference)
         taken = {r["prompt"] for r in rows}
-        pool = [p for p in dict.fromkeys(r["prompt"] for r in pool_rows) if p not in taken]
+        distinct = list(dict.fromkeys(r["prompt"] for r in pool_rows))
+        _note_repeats("prompt-source rows", len(pool_rows), len(distinct))
+        pool = [p for p in distinct if p not in taken]
+        if len(pool) < len(distinct):
+            log.info("data.hf: %d prompts of the prompt source are also preference prompts: left out of the prompt splits",
+                     len(distinct) - len(pool))
         rng.shuffle(pool)
     tables = {"preferences": pa.table({
         "prompt_id": [f"preferences-{i:06d}" for i in range(cfg.n_preference)],
