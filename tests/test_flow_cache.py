@@ -85,11 +85,20 @@ def test_a_copied_or_moved_root_reads_its_own_files(tmp_path):
     copied = _run(copy, marker)
     assert [r["cache"] for r in copied["rows"]] == ["hit", "hit"]
     assert all(r["uri"].startswith(str(copy)) for r in copied["rows"]), copied["rows"]
+    # MLflow writes into the copy too, and the copy's earlier runs read their artifacts there
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy}/mlflow.db")
+    assert client.get_run(copied["parent"]).info.artifact_uri.startswith((copy / "mlflow-artifacts").as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("two-stage").experiment_id])
+    assert len(runs) > 1 and all(r.info.artifact_uri.startswith((copy / "mlflow-artifacts").as_uri()) for r in runs)
+    assert not list((original / "mlflow-artifacts").rglob(f"{copied['parent']}"))
     moved = tmp_path / "moved"
     shutil.move(copy, moved)
     after_move = _run(moved, marker)
     assert [r["cache"] for r in after_move["rows"]] == ["hit", "hit"]
     assert all(r["uri"].startswith(str(moved)) for r in after_move["rows"])
+    assert not copy.exists(), "MLflow recreated the moved root's old path"
     assert _bodies(marker) == ["rows", "scaled"], "only the first run may have computed"
 
 

@@ -83,12 +83,35 @@ def experiment_id(ctx: RunContext) -> str:
         for key, value in EXPERIMENT_KIND.items():
             if key not in found.tags:  # made before w2s tagged its experiments
                 client.set_experiment_tag(found.experiment_id, key, value)
+        _follow_a_moved_root(ctx, found.artifact_location)
         return found.experiment_id
     location = artifact_location(ctx)
     try:
         return client.create_experiment(ctx.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(ctx.experiment).experiment_id
+
+
+def _follow_a_moved_root(ctx: RunContext, stored: str) -> None:
+    """A root moved or copied together with its mlflow.db still names the old root's
+    mlflow-artifacts, so its new runs would write there (recreating a moved root's old path, or
+    into the original of a copy). When the database is the current root's own, the experiment's
+    and its runs' artifact paths are moved to this root (MLflow has no API to change them)."""
+    location = artifact_location(ctx)
+    root = local_path_of(ctx.artifact_root)
+    if location is None or stored == location or root is None or not ctx.tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(ctx.tracking_uri[len("sqlite:///"):])
+    if db.resolve().parent != root.resolve() or not (stored.startswith("file:") and stored.endswith("/mlflow-artifacts")):
+        return  # a database shared by several roots keeps the location its experiment was made with
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?", (location, stored))
+        connection.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                           (location, len(stored) + 1, len(stored) + 1, stored + "/"))
+    connection.close()
+    logging.getLogger(__name__).info("MLflow: the root moved from %s; its experiments and runs now point at %s", stored, location)
 
 
 # artifact-root schemes MLflow can store artifacts under itself
