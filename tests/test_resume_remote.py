@@ -1,4 +1,5 @@
-"""Resume state on an `s3://` root (a real S3-compatible server on 127.0.0.1): a writer of the
+"""Partial work on an `s3://` root (a real S3-compatible server on 127.0.0.1). A staged piece is
+reused only under the bucket's seal. Resume state: a writer of the
 bucket who replaces a state file with a payload and rewrites its seal to match gets the state
 discarded after the pull, never loaded; the same state, untouched, is pulled and resumed."""
 
@@ -52,3 +53,23 @@ def test_resume_state_planted_on_the_bucket_with_a_rewritten_seal_is_discarded(t
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def test_a_staged_piece_is_reused_only_under_the_buckets_seal(tmp_path, s3, monkeypatch):
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    store = ArtifactStore("s3://w2s-test/staged-pieces")
+    local = tmp_path / "staging"
+    pieces = PartialFiles(local, RemoteMirror(store, "sampling", "k", local))
+    shard = local / "shards" / "part-0.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"the run's shard")
+    pieces.seal(shard)  # sealed here and pushed to the bucket
+    shard.write_bytes(b"planted in the staging folder")
+    PartialFiles(local).seal(shard)  # resealed here only: it matches its local seal
+    assert pieces.reuse(shard) and shard.read_bytes() == b"the run's shard"  # the bucket's piece, pulled
+
+    only_here = local / "shards" / "part-1.parquet"
+    only_here.write_bytes(b"never pushed")
+    PartialFiles(local).seal(only_here)
+    assert not pieces.reuse(only_here) and not only_here.exists()

@@ -33,6 +33,7 @@ class Mirror(Protocol):
     def push(self, relpath: str) -> None: ...
     def pull(self, relpath: str) -> bool: ...
     def remove(self, relpath: str) -> None: ...
+    def seal_of(self, relpath: str) -> bytes | None: ...
 
 
 def listing(target: Path, memo: dict | None = None) -> dict[str, list]:
@@ -101,10 +102,18 @@ class PartialFiles:
         return found
 
     def reuse(self, path: str | Path) -> bool:
-        """True when the piece is whole and verified; otherwise it is discarded and False returned."""
+        """True when the piece is whole and verified; otherwise it is discarded and False returned.
+        With a mirror the bucket's seal is the word: a local piece is reused only under the same
+        seal (else the bucket's piece is pulled), and a piece the bucket does not hold is discarded."""
         rel = self.rel(path)
-        if self.mirror is not None and self.problems(rel):
-            self.mirror.pull(rel)
+        if self.mirror is not None:
+            remote = self.mirror.seal_of(rel)
+            if remote is None:
+                self.discard(rel)
+                return False
+            local = self.seal_path(rel).read_bytes() if self.seal_path(rel).is_file() else None
+            if local != remote or self.problems(rel):
+                self.mirror.pull(rel)
         if not self.problems(rel):
             return True
         self.discard(rel)

@@ -64,6 +64,12 @@ class RemoteMirror:
             self.upload(name if parent == "." else f"{parent}/{name}", sha)
         self.store.fs.put_file(str(self.local / seal_rel), self._remote(seal_rel))  # the seal last
 
+    def seal_of(self, relpath: str) -> bytes | None:
+        try:
+            return self.store.fs.cat_file(self._remote(f"{SEALS}/{relpath}.json"))
+        except FileNotFoundError:
+            return None
+
     def pull(self, relpath: str) -> bool:
         seal_rel = f"{SEALS}/{relpath}.json"
         try:
