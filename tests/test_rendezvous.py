@@ -101,3 +101,25 @@ def test_a_store_is_used_only_by_the_group_it_was_made_for(monkeypatch):
     assert rendezvous_store() is None
     monkeypatch.setenv(RENDEZVOUS_ENV, "")
     assert rendezvous_store() is None
+
+
+def test_rendezvous_folders_of_killed_runs_are_swept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from w2s.files import private_folder
+    from w2s.training.rendezvous import private_rendezvous_file
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    base = private_folder()
+    left = base / f"rendezvous-{dead.stdout.strip()}-abc"  # a SIGKILLed run's, whose atexit never ran
+    left.mkdir()
+    alive = base / f"rendezvous-{os.getppid()}-def"
+    alive.mkdir()
+    mine = private_rendezvous_file()
+    assert not left.exists() and alive.exists() and os.path.dirname(mine).startswith(str(base / f"rendezvous-{os.getpid()}-"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 
 from w2s.config import GenerationEngineConfig, GenerationParams
 from w2s.generation.requests import Record, Request
+from w2s.generation.vllm_worker import HEARTBEAT_S
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -107,6 +109,33 @@ def shared_prefix(prompts: list[str], min_chars: int) -> str:
     return common if len(common) >= min_chars else ""
 
 
+SILENCE_S = 12 * HEARTBEAT_S
+
+
+class ReplyLines:
+    """JSON lines from the engine process, each awaited at most `timeout` seconds (a buffered text
+    reader cannot be waited on with a timeout: a line may already sit in its buffer)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def next(self, timeout: float) -> bytes | None:
+        """The next line; None at end of file; TimeoutError after `timeout` s without one byte."""
+        while b"\n" not in self.buffer:
+            ready, _, _ = select.select([self.fd], [], [], timeout)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class VLLMEngine:
     backend = "vllm"
 
@@ -130,7 +159,7 @@ class VLLMEngine:
         os.close(child_rx)
         os.close(child_tx)
         self._tx = os.fdopen(parent_tx, "w", encoding="utf-8")
-        self._rx = os.fdopen(parent_rx, "r", encoding="utf-8")
+        self._rx = ReplyLines(parent_rx)
         self._send({"op": "init", "llm": self.kwargs})
         if wait:
             self.await_init()
@@ -153,11 +182,20 @@ class VLLMEngine:
             pass  # the process is gone: _receive reads end-of-file and reports its exit code
 
     def _receive(self) -> dict:
-        line = self._rx.readline()
-        if not line:
-            code = self.proc.wait(timeout=30)
-            raise RuntimeError(f"the vLLM engine process exited (code {code}); its log is above on stderr")
-        reply = json.loads(line)
+        while True:
+            try:
+                line = self._rx.next(SILENCE_S)
+            except TimeoutError:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"the vLLM engine process (pid {self.proc.pid}) sent nothing for {SILENCE_S:g} s, "
+                                   "not even its heartbeat: stopped as hung") from None
+            if line is None:
+                code = self.proc.wait(timeout=30)
+                raise RuntimeError(f"the vLLM engine process exited (code {code}); its log is above on stderr")
+            reply = json.loads(line)
+            if not reply.get("alive"):
+                break
         if not reply.get("ok"):
             raise RuntimeError(f"vLLM engine: {reply.get('error')}\n{reply.get('traceback', '')}")
         return reply

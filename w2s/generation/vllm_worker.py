@@ -5,7 +5,8 @@ not free its memory on `del` and spawns engine-core workers that need a `__main_
 as `-m` gives them one whatever the caller is (pytest, a Prefect worker, a notebook). Messages are
 JSON lines on two inherited pipes (stdout stays free for vLLM's own logging): `init` once, then
 `generate` and `swap` (new weights of the same architecture, w2s/generation/vllm_swap.py) any number
-of times, then `close` or end-of-file (the parent died: exit too).
+of times, then `close` or end-of-file (the parent died: exit too). While an op runs, a thread
+sends `{"alive": true}` every HEARTBEAT_S, so the parent tells a long generation from a hung process.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
+HEARTBEAT_S = 10.0  # while an op runs, a line every HEARTBEAT_S; vllm_backend gives up after 12 missed
 _CACHE_METRICS = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
 
 
@@ -67,14 +70,29 @@ def _generate(llm, msg: dict) -> dict:
 def main(in_fd: int, out_fd: int) -> int:
     rx = os.fdopen(in_fd, "r", encoding="utf-8")
     tx = os.fdopen(out_fd, "w", encoding="utf-8")
+    writing = threading.Lock()
+    busy = threading.Event()
 
     def send(value: dict) -> None:
-        tx.write(json.dumps(value) + "\n")
-        tx.flush()
+        with writing:
+            tx.write(json.dumps(value) + "\n")
+            tx.flush()
 
+    def heartbeat() -> None:  # while an op runs: the parent reads silence as a hung process
+        while True:
+            busy.wait()
+            time.sleep(HEARTBEAT_S)
+            if busy.is_set():
+                try:
+                    send({"alive": True})
+                except (BrokenPipeError, OSError, ValueError):
+                    return
+
+    threading.Thread(target=heartbeat, daemon=True, name="w2s-heartbeat").start()
     llm = None
     for line in rx:
         msg = json.loads(line)
+        busy.set()
         try:
             if msg["op"] == "init":
                 started = time.perf_counter()
@@ -100,6 +118,8 @@ def main(in_fd: int, out_fd: int) -> int:
             send({"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
             if msg.get("op") == "init":
                 return 1
+        finally:
+            busy.clear()
     _shutdown(llm)
     return 0
 

@@ -35,6 +35,23 @@ def private_rendezvous_file() -> str:
     interface (`*:MASTER_PORT`) for as long as the process group lives, i.e. from the first training
     stage to the end of the run; gloo's own sockets bind the loopback address. Several nodes cannot
     share a file: they meet over TCP (env://, w2s/training/multinode.py), inside the cluster's network."""
-    folder = tempfile.mkdtemp(prefix="rendezvous-", dir=private_folder())
+    base = private_folder()
+    _sweep_dead(base)
+    folder = tempfile.mkdtemp(prefix=f"rendezvous-{os.getpid()}-", dir=base)
     atexit.register(shutil.rmtree, folder, True)
     return str(Path(folder) / "store")
+
+
+def _sweep_dead(base: Path) -> None:
+    """Removes the rendezvous folders of this user's processes that died without their atexit
+    (SIGKILL, OOM); the folder names the process that made it."""
+    for folder in base.glob("rendezvous-*-*"):
+        pid = folder.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, as another user (the folder is ours, though: leave it)
+            pass
