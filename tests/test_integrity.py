@@ -14,7 +14,8 @@ from tests.cli_runs import STAGES, child_env, finish, start, tiny_run_args
 from tests.cli_runs import run_tiny as _run
 from tests.cli_runs import stage_table as _table
 from tests.test_flow_resume import _digests
-from tests.test_partial import _payload, flip_byte, truncate
+from tests.payloads import pickle_payload
+from tests.test_partial import flip_byte, truncate
 
 
 def _damage_targets(root):
@@ -48,7 +49,7 @@ def test_every_kind_of_damaged_file_is_recomputed_to_a_clean_runs_digests(tmp_pa
         targets = _damage_targets(root)
         for kind, path in targets.items():
             if kind == "resume state" and variant == "flip":
-                path.write_bytes(_payload(marker))  # a pickle that would run code when loaded
+                path.write_bytes(pickle_payload(marker))  # a pickle that would run code when loaded
             else:
                 hurt(path)
         rerun = _run(root)

@@ -11,6 +11,7 @@ import pickle
 import pytest
 import torch
 
+from tests.payloads import pickle_payload, torch_payload
 from tests.test_training_common import load_weights, write_completions, write_pairs
 from w2s.config import DPOConfig, StudentConfig, TrainingEngineConfig
 from w2s.partial import SEALS, PartialFiles
@@ -101,11 +102,6 @@ def test_seals_live_beside_the_pieces_and_never_in_a_manifest(ctx):
 
 
 # ------------------------------------------------------------------------------------ training
-def _payload(marker) -> bytes:
-    code = f"open({str(marker)!r}, 'w').write('pwned')"
-    return pickle.dumps(type("P", (), {"__reduce__": lambda self: (exec, (code,))})())
-
-
 def _cfg(objective):
     kwargs = dict(learning_rate=3e-3, warmup_steps=2, batch_size=4, micro_batch_size=2, max_steps=6,
                   checkpoint_fractions=[0.5, 1.0])
@@ -126,24 +122,7 @@ def _same_weights(a, b):
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-class _Exec:
-    def __init__(self, code):
-        self.code = code
-
-    def __reduce__(self):
-        return exec, (self.code,)
-
-
-def _torch_payload(marker) -> bytes:
-    """A torch checkpoint (zip) whose pickle runs code when `torch.load(weights_only=False)` reads it."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"module": _Exec(f"open({str(marker)!r}, 'w').write('pwned')")}, buffer)
-    return buffer.getvalue()
-
-
-@pytest.mark.parametrize("payload", [_payload, _torch_payload])
+@pytest.mark.parametrize("payload", [pickle_payload, torch_payload])
 def test_resume_file_replaced_by_a_payload_with_its_seal_rewritten_never_runs(tmp_path, tiny_char_model_dir, payload):
     data = write_completions(tmp_path / "d.parquet", weights=[1, 2, 0.5, 1, 1, 0, 1.5, 1])
     cfg, engine = _cfg("weighted_mle"), TrainingEngineConfig(resume_every_steps=1)
@@ -167,7 +146,7 @@ def test_the_resume_loader_builds_data_only_even_unverified(tmp_path):
 
     marker = tmp_path / "marker"
     path = tmp_path / "state.pt"
-    path.write_bytes(_torch_payload(marker))
+    path.write_bytes(torch_payload(marker))
     with pytest.raises(pickle.UnpicklingError):
         load_without_code(str(path), map_location="cpu")
     assert not marker.exists()
@@ -186,7 +165,7 @@ def test_resume_file_replaced_by_a_pickle_is_discarded_before_it_loads(tmp_path,
     states = list((out / ".resume").glob("step-*/mp_rank_00_model_states.pt"))
     assert len(states) == 1
     marker = tmp_path / "marker"
-    states[0].write_bytes(_payload(marker))
+    states[0].write_bytes(pickle_payload(marker))
     pickle.loads(states[0].read_bytes())  # the payload is live: unpickling it runs it
     assert marker.exists()
     marker.unlink()

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_partial import _cfg, _interrupted, _torch_payload
+from tests.payloads import torch_payload
+from tests.test_partial import _cfg, _interrupted
 from tests.test_training_common import write_completions
 from w2s.artifacts import ArtifactStore
 from w2s.config import TrainingEngineConfig
@@ -44,7 +45,7 @@ def test_resume_state_planted_on_the_bucket_with_a_rewritten_seal_is_discarded(t
 
     state = next((out / ".resume").glob("step-*/mp_rank_00_model_states.pt"))
     marker = tmp_path / "marker"
-    state.write_bytes(_torch_payload(marker))
+    state.write_bytes(torch_payload(marker))
     PartialFiles(out).seal(state.parent)  # a writer of the bucket rewrites the seal too
     _upload(store, "planted", out)
     assert _pulled(store, "planted", tmp_path / "pod-b") is None

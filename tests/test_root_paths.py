@@ -194,14 +194,14 @@ def test_staging_and_locks_of_remote_roots_live_in_a_private_folder(tmp_path, mo
 def test_a_pickled_checkpoint_planted_in_a_model_folder_is_refused_not_loaded(tmp_path, tiny_char_model_dir):
     import shutil
 
-    from tests.test_partial import _torch_payload
+    from tests.payloads import torch_payload
     from w2s.models.build import load_pretrained
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_char_model_dir, folder)
     (folder / "model.safetensors").unlink()
     marker = tmp_path / "marker"
-    (folder / "pytorch_model.bin").write_bytes(_torch_payload(marker))
+    (folder / "pytorch_model.bin").write_bytes(torch_payload(marker))
     with pytest.raises(OSError, match="safetensors"):
         load_pretrained(folder)
     assert not marker.exists()

@@ -40,7 +40,12 @@ def refuse_links(base: Path, path: Path) -> None:
     for part in parts:
         current = current / part
         if current.is_symlink():
-            raise UnsafePath(f"{current} is a symbolic link: refusing to write through it (who planted it?)")
+            raise planted_link(current)
+
+
+def planted_link(link: str | os.PathLike) -> UnsafePath:
+    """The one-line refusal of a link found where this process was about to write."""
+    return UnsafePath(f"{link} is a symbolic link: refusing to write through it (who planted it?)")
 
 
 def refuse_links_in(base: Path, folder: Path) -> None:
@@ -49,8 +54,8 @@ def refuse_links_in(base: Path, folder: Path) -> None:
     refuse_links(base, folder)
     for top, dirs, files in os.walk(folder):  # does not descend into linked folders
         for name in (*dirs, *files):
-            if os.path.islink(os.path.join(top, name)):
-                raise UnsafePath(f"{os.path.join(top, name)} is a symbolic link: refusing to write through it (who planted it?)")
+            if os.path.islink(path := os.path.join(top, name)):
+                raise planted_link(path)
 
 
 def private_folder(base: str | os.PathLike | None = None) -> Path:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from w2s.files import UnsafePath, refuse_links
+from w2s.files import planted_link, refuse_links
 
 
 @contextmanager
@@ -32,7 +32,7 @@ def exclusive(path: Path, on_wait: Callable[[], None] | None = None, within: Pat
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as error:
         if path.is_symlink():
-            raise UnsafePath(f"lock file {path} is a symbolic link: refusing to write through it (who planted it?)") from error
+            raise planted_link(path) from error
         raise
     try:
         try:

@@ -78,26 +78,25 @@ def _client(tracking_uri: str):
 
 def experiment_id(ctx: RunContext) -> str:
     client = _client(ctx.tracking_uri)
+    location = artifact_location(ctx)
     found = client.get_experiment_by_name(ctx.experiment)
     if found is not None:
         for key, value in EXPERIMENT_KIND.items():
             if key not in found.tags:  # made before w2s tagged its experiments
                 client.set_experiment_tag(found.experiment_id, key, value)
-        _follow_a_moved_root(ctx, found.artifact_location)
+        _follow_a_moved_root(ctx, found.artifact_location, location)
         return found.experiment_id
-    location = artifact_location(ctx)
     try:
         return client.create_experiment(ctx.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(ctx.experiment).experiment_id
 
 
-def _follow_a_moved_root(ctx: RunContext, stored: str) -> None:
+def _follow_a_moved_root(ctx: RunContext, stored: str, location: str | None) -> None:
     """A root moved or copied together with its mlflow.db still names the old root's
     mlflow-artifacts, so its new runs would write there (recreating a moved root's old path, or
     into the original of a copy). When the database is the current root's own, the experiment's
     and its runs' artifact paths are moved to this root (MLflow has no API to change them)."""
-    location = artifact_location(ctx)
     root = local_path_of(ctx.artifact_root)
     if location is None or stored == location or root is None or not ctx.tracking_uri.startswith("sqlite:///"):
         return

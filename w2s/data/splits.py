@@ -90,15 +90,11 @@ def _load_rows(source, columns: dict[str, str], shapes: dict[str, object]) -> li
     try:
         dataset = datasets.load_dataset(source.path, name=source.name, data_files=source.data_files, split=source.split)
         missing = [c for c in columns if c not in dataset.column_names]
-        if missing:
-            raise ValueError(f"data.hf: dataset {source.path!r} lacks columns {missing} (has {dataset.column_names})")
-        raw = dataset.select_columns(list(columns)).to_list()
-    except ValueError as exc:
-        if str(exc).startswith("data.hf:"):
-            raise
-        raise ValueError(f"data.hf: cannot read {where}: {_first_line(exc)}") from None
+        raw = [] if missing else dataset.select_columns(list(columns)).to_list()
     except Exception as exc:  # the reader's own error (bad UTF-8, not Parquet, empty file) in one line
         raise ValueError(f"data.hf: cannot read {where}: {_first_line(exc)}") from None
+    if missing:
+        raise ValueError(f"data.hf: dataset {source.path!r} lacks columns {missing} (has {dataset.column_names})")
     if not raw:
         raise ValueError(f"data.hf: {where} has no rows")
     rows = []
